@@ -1,0 +1,62 @@
+"""Expected failures, each carrying the one line a user needs and a hint.
+
+Tasks turn a FerryError into ``error: <message>`` plus ``hint: <hint>`` on
+stderr and exit status ``exit_code``; nothing above the library prints a
+traceback for them unless ``--debug`` is on.
+"""
+
+from __future__ import annotations
+
+
+class FerryError(Exception):
+    """Base for every failure ferry expects and can explain."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None, exit_code: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(FerryError):
+    """The command line itself is wrong (exit status 2, like argparse)."""
+
+    exit_code = 2
+
+
+class ConfigError(FerryError):
+    """A setting is missing or malformed."""
+
+
+class MissingToolError(FerryError):
+    """A program ferry shells out to is not installed."""
+
+
+class NoInstanceError(FerryError):
+    """No instance matches the name, or the project has no current one."""
+
+
+class ProviderError(FerryError):
+    """A cloud API refused or failed a request."""
+
+
+class SSHError(FerryError):
+    """The instance could not be reached or refused us."""
+
+
+class HostKeyError(SSHError):
+    """The host key changed since ferry pinned it: possibly an attack, possibly a rebuilt instance."""
+
+
+class RemoteCommandError(FerryError):
+    """A remote step ferry depends on (bootstrap, rsync, job wrapper) failed."""
+
+
+class JobError(FerryError):
+    """A job is unknown, or did not reach the state asked for."""

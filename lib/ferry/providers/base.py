@@ -1,0 +1,57 @@
+"""The contract every cloud adapts to: six verbs, plus what it can do.
+
+Everything generic (waiting, retrying, idempotency, bootstrap, ssh) lives once
+in lifecycle.py and remote.py; a provider only translates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Protocol, runtime_checkable
+
+from ..errors import FerryError
+from ..instance import Instance, InstanceSpec
+
+STOP = "stop"  # can stop and start again, keeping the disk
+SPOT = "spot"  # interruptible/bid capacity
+OFFERS = "offers"  # can list priced offers before creating
+MODIFY = "modify"
+MULTI_NODE = "multi_node"
+OWNED = "owned"  # ferry created it, so ferry may terminate it
+
+
+@dataclass
+class Offer:
+    provider: str
+    gpu: str
+    gpu_count: int
+    cost_per_hour: float
+    spot: bool = False
+    region: str | None = None
+    id: str | None = None
+
+
+@runtime_checkable
+class Provider(Protocol):
+    name: str
+    capabilities: frozenset[str]
+
+    def create(self, spec: InstanceSpec) -> Instance: ...
+    def list(self, labels: Mapping[str, str] | None = None) -> list[Instance]: ...
+    def get(self, instance_id: str) -> Instance | None: ...  # None = gone
+    def start(self, instance_id: str) -> Instance: ...
+    def stop(self, instance_id: str) -> Instance: ...
+    def terminate(self, instance_id: str) -> None: ...  # idempotent: gone is fine
+    def offers(self, gpu: str | None, count: int) -> list[Offer]: ...
+
+
+def unsupported(provider: str, verb: str, hint: str | None = None) -> FerryError:
+    return FerryError(f"the {provider} provider cannot {verb} instances", hint=hint)
+
+
+def find_by_name(provider: Provider, name: str) -> Instance | None:
+    """Idempotency hinges on this: the instance a name refers to, if the cloud still has it."""
+    for instance in provider.list():
+        if instance.name == name and instance.status.value != "TERMINATED":
+            return instance
+    return None

@@ -1,0 +1,171 @@
+"""The embedded default provider: each instance is a real sshd on 127.0.0.1 with its own HOME.
+
+``~/.ferry/local/<name>/`` holds the instance: its sshd (config, host key,
+authorized_keys, pid file, log), ``meta.json``, and ``home/``, which sshd
+hands to every session as ``$HOME``. So jobs, tmux and the synced workdir
+live inside the instance directory exactly as they would on a cloud box, and
+``terminate`` removes all of it. It costs nothing and needs no account,
+which makes it the provider the README and the tests run on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Mapping
+
+from .. import config
+from ..errors import FerryError
+from ..instance import Instance, InstanceSpec, SSHEndpoint, Status
+from ..sshd import LoopbackSshd, pid_alive
+from ..state import write_atomic
+from .base import OWNED, STOP, Offer
+
+MARKER = "FERRY_LOCAL_INSTANCE"
+
+
+def make(settings: Mapping) -> "LocalProvider":
+    return LocalProvider(root=settings.get("root"))
+
+
+class LocalProvider:
+    name = "local"
+    capabilities = frozenset({STOP, OWNED})
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = Path(root).expanduser() if root else config.ferry_home() / "local"
+
+    # -- helpers ---------------------------------------------------------------
+    def _dir(self, instance_id: str) -> Path:
+        return self.root / instance_id
+
+    def _sshd(self, instance_id: str) -> LoopbackSshd:
+        return LoopbackSshd(self._dir(instance_id) / "sshd")
+
+    def _meta(self, instance_id: str) -> dict | None:
+        try:
+            return json.loads((self._dir(instance_id) / "meta.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _instance(self, instance_id: str) -> Instance | None:
+        meta = self._meta(instance_id)
+        if meta is None:
+            return None
+        sshd = self._sshd(instance_id)
+        running = sshd.running()
+        home = str(self._dir(instance_id) / "home")
+        return Instance(
+            id=instance_id,
+            name=meta["name"],
+            provider=self.name,
+            status=Status.RUNNING if running else Status.STOPPED,
+            gpu=None,
+            gpu_count=0,
+            cost_per_hour=0.0,
+            ssh=SSHEndpoint("127.0.0.1", sshd.port(), getpass.getuser()) if running else None,
+            remote_home=home,
+            workdir_root=home,
+            labels=meta.get("labels", {}),
+            created_at=meta.get("created_at", 0.0),
+            raw={"host_key": sshd.host_public_key(), "dir": str(self._dir(instance_id))},
+        )
+
+    def _env(self, instance_id: str) -> dict[str, str]:
+        home = self._dir(instance_id) / "home"
+        # The marker lets stop() find every process the instance started, as a power-off would.
+        return {"HOME": str(home), MARKER: str(self._dir(instance_id))}
+
+    # -- the contract ------------------------------------------------------------
+    def create(self, spec: InstanceSpec) -> Instance:
+        directory = self._dir(spec.name)
+        if self._meta(spec.name) is not None:
+            raise FerryError(f"local instance {spec.name} already exists", hint=f"remove it: inv terminate --name {spec.name} --yes")
+        if not spec.public_key:
+            raise FerryError("no public key given for the new instance")
+        (directory / "home").mkdir(parents=True, exist_ok=True)
+        os.chmod(directory, 0o700)
+        sshd = self._sshd(spec.name)
+        try:
+            sshd.prepare([spec.public_key])
+            write_atomic(
+                directory / "meta.json",
+                json.dumps({"name": spec.name, "labels": spec.labels, "created_at": time.time()}).encode(),
+            )
+            sshd.start(env=self._env(spec.name))
+        except BaseException:
+            self._kill_instance_processes(spec.name)
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        return self._instance(spec.name)  # type: ignore[return-value]
+
+    def list(self, labels: Mapping[str, str] | None = None) -> list[Instance]:
+        if not self.root.is_dir():
+            return []
+        found = []
+        for entry in sorted(self.root.iterdir()):
+            instance = self._instance(entry.name)
+            if instance and all(instance.labels.get(k) == v for k, v in (labels or {}).items()):
+                found.append(instance)
+        return found
+
+    def get(self, instance_id: str) -> Instance | None:
+        return self._instance(instance_id)
+
+    def start(self, instance_id: str) -> Instance:
+        if self._meta(instance_id) is None:
+            raise FerryError(f"local instance {instance_id} does not exist")
+        sshd = self._sshd(instance_id)
+        previous = sshd.port()
+        try:
+            sshd.start(port=previous, env=self._env(instance_id))
+        except FerryError:
+            sshd.start(env=self._env(instance_id))  # the old port was taken meanwhile
+        return self._instance(instance_id)  # type: ignore[return-value]
+
+    def stop(self, instance_id: str) -> Instance:
+        if self._meta(instance_id) is None:
+            raise FerryError(f"local instance {instance_id} does not exist")
+        self._sshd(instance_id).stop()
+        self._kill_instance_processes(instance_id)
+        return self._instance(instance_id)  # type: ignore[return-value]
+
+    def terminate(self, instance_id: str) -> None:
+        directory = self._dir(instance_id)
+        if not directory.exists():
+            return
+        self._sshd(instance_id).stop()
+        self._kill_instance_processes(instance_id)
+        shutil.rmtree(directory, ignore_errors=True)
+
+    def offers(self, gpu: str | None, count: int) -> list[Offer]:
+        return [Offer(provider=self.name, gpu="none", gpu_count=0, cost_per_hour=0.0, region="localhost")]
+
+    # -- power off -----------------------------------------------------------------
+    def _kill_instance_processes(self, instance_id: str) -> None:
+        """Every process started through this instance's sshd carries its marker; end them all, by pid."""
+        marker = f"{MARKER}={self._dir(instance_id)}".encode()
+        me = os.getpid()
+        victims = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == me:
+                continue
+            with contextlib.suppress(OSError):
+                if marker in (entry / "environ").read_bytes().split(b"\0"):
+                    victims.append(int(entry.name))
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in victims:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + 3
+            while any(pid_alive(p) for p in victims) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            victims = [p for p in victims if pid_alive(p)]
+            if not victims:
+                break

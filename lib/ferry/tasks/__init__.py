@@ -1,0 +1,29 @@
+"""ferry's Invoke tasks, as one collection ``ns``.
+
+In a project's ``tasks.py``::
+
+    from ferry.tasks import ns          # all of ferry's tasks
+    from invoke import task
+
+    @task
+    def train(c):
+        c.run(...)                       # your own tasks sit beside them
+    ns.add_task(train)
+
+Tasks stay thin: they parse flags, call the library, print.
+"""
+
+from __future__ import annotations
+
+from invoke import Collection
+
+from ..config import DEFAULTS
+from . import files, instances, jobs
+
+ns = Collection()
+for module in (instances, files, jobs):
+    for task in Collection.from_module(module).tasks.values():
+        ns.add_task(task)
+ns.configure({"ferry": DEFAULTS})
+
+__all__ = ["ns"]
