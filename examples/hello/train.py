@@ -15,4 +15,5 @@ for step in range(1, steps + 1):
 os.makedirs("results", exist_ok=True)
 with open("results/metrics.json", "w") as fh:
     json.dump({"final_loss": round(loss, 4), "steps": steps, "host": platform.node()}, fh)
+    fh.write("\n")
 print("wrote results/metrics.json")

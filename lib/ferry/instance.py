@@ -12,7 +12,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .errors import UsageError
+from .errors import ConfigError
 
 NAME_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -20,7 +20,7 @@ NAME_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 def check_name(name: str) -> str:
     """Reject names a cloud would refuse or a shell would mangle, before anything is created."""
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        raise UsageError(
+        raise ConfigError(
             f"bad instance name {name!r}",
             hint="use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit",
         )

@@ -23,7 +23,7 @@ from typing import BinaryIO, Callable, Mapping
 from invoke import Context
 
 from . import config
-from .errors import FerryError, JobError, SSHError, UsageError
+from .errors import FerryError, HostKeyError, JobError, SSHError, UsageError
 from .instance import Instance
 from .lifecycle import workdir
 from .remote import Remote
@@ -174,6 +174,7 @@ def follow(
     jid = shlex.quote(job_id)
     failures_since = None
     delay = 0.2
+    connected = False
     while True:
         command = f"{tool} follow {jid} {offset}"
         if start_spec is not None:
@@ -187,6 +188,7 @@ def follow(
         offset += stream.received
         end, other = _parse_end(stream.stderr.decode(errors="replace"))
         if end is not None:
+            connected = True
             start_spec = None
             if end.log_size > offset:
                 continue  # bytes landed after the follower stopped; fetch them
@@ -199,11 +201,16 @@ def follow(
             raise FerryError(other.strip().splitlines()[-1])
         if "ferry-started" in stream.stderr.decode(errors="replace"):
             start_spec = None  # started before the drop: only follow from now on
+            connected = True
+        connected = connected or stream.received > 0
+        failure = remote.classify_failure(other)
+        if not connected or isinstance(failure, HostKeyError) or "Permission denied" in other:
+            raise failure  # never reached it, or it refused us: retrying would only hide that
         # The connection dropped (or the instance is restarting): back off and resume at `offset`.
         now = time.monotonic()
         failures_since = failures_since or now
         if now - failures_since > RECONNECT_WINDOW:
-            raise remote.classify_failure(other)
+            raise failure
         if stream.received:
             failures_since, delay = now, 0.2
         log(f"connection to {instance.name} lost; reconnecting in {delay:.1f}s (job {job_id} keeps running)")

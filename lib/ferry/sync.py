@@ -172,7 +172,10 @@ def download(ctx: Context | None, instance: Instance, paths: Sequence[str] = (),
         proc = remote.run(probe, check=False)
         missing = [p for p in proc.stdout.decode(errors="replace").split("\0") if p]
         if proc.returncode != 0 and not missing:
-            missing = [f"{source} (the workdir)"]
+            raise FerryError(
+                f"{instance.name} has no workdir for this project yet ({source})",
+                hint="send the project first: inv sync",
+            )
         if missing:
             raise FerryError(
                 f"not on {instance.name}: {', '.join(missing)}",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ..errors import UsageError
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from .base import Provider
@@ -26,7 +26,7 @@ def names() -> list[str]:
 def get(name: str, settings: dict[str, Any] | None = None) -> "Provider":
     """An instance of the named provider, built from its settings block."""
     if name not in MODULES:
-        raise UsageError(
+        raise ConfigError(
             f"unknown provider {name!r}",
             hint=f"choose one of: {', '.join(names())}",
         )

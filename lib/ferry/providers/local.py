@@ -25,6 +25,7 @@ from ..errors import FerryError
 from ..instance import Instance, InstanceSpec, SSHEndpoint, Status
 from ..sshd import LoopbackSshd, pid_alive
 from ..state import write_atomic
+from ..tools import require
 from .base import OWNED, STOP, Offer
 
 MARKER = "FERRY_LOCAL_INSTANCE"
@@ -89,6 +90,7 @@ class LocalProvider:
             raise FerryError(f"local instance {spec.name} already exists", hint=f"remove it: inv terminate --name {spec.name} --yes")
         if not spec.public_key:
             raise FerryError("no public key given for the new instance")
+        require("sshd", "the local provider runs one sshd per instance")
         (directory / "home").mkdir(parents=True, exist_ok=True)
         os.chmod(directory, 0o700)
         sshd = self._sshd(spec.name)

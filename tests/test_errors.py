@@ -1,0 +1,107 @@
+"""Bad input gets one clear line and exit status 1 (2 for usage), and loses nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+
+import pytest
+
+from .conftest import assert_one_line_error
+
+
+def test_run_without_an_instance(ferry, project):
+    err = assert_one_line_error(ferry("run", "true"))
+    assert "inv launch" in err
+    assert not (project / ".ferry" / "state.json").exists()
+
+
+def test_unknown_provider(ferry, home):
+    err = assert_one_line_error(ferry("launch", "--provider", "nimbus"))
+    assert "nimbus" in err and "local" in err
+    assert not (home / ".ferry" / "local").exists()
+
+
+@pytest.mark.parametrize("name", ["Bad_Name", "-x", "a" * 64, "semi;colon", "sp ace"])
+def test_bad_instance_name(ferry, home, name):
+    err = assert_one_line_error(ferry("launch", "--name", name))
+    assert "bad instance name" in err
+    assert not (home / ".ferry" / "local").exists()
+
+
+def test_download_of_a_missing_path(launched, project):
+    err = assert_one_line_error(launched("download", "--path", "results"))
+    assert "inv sync" in err, "nothing synced yet: say so"
+    launched.ok("sync")
+    err = assert_one_line_error(launched("download", "--path", "no/such/thing"))
+    assert "no/such/thing" in err
+    assert not (project / "no").exists()
+
+
+@pytest.mark.parametrize("path", ["../escape", "/etc/passwd"])
+def test_download_refuses_paths_outside_the_workdir(launched, path):
+    assert_one_line_error(launched("download", "--path", path), code=2)
+
+
+def test_missing_rsync_names_the_package(launched, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("ssh", "git", "ssh-keygen"):
+        os.symlink(f"/usr/bin/{tool}", bin_dir / tool)
+    err = assert_one_line_error(launched("sync", env={"PATH": str(bin_dir)}))
+    assert "rsync" in err and "apt-get install -y rsync" in err
+
+
+def test_missing_sshd_names_the_package(home, monkeypatch):
+    from ferry import tools
+    from ferry.errors import MissingToolError
+    from ferry.instance import InstanceSpec
+    from ferry.providers.local import LocalProvider
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr(tools, "EXTRA_DIRS", ())
+    with pytest.raises(MissingToolError) as caught:
+        LocalProvider(home / "local").create(InstanceSpec(name="x", public_key="ssh-ed25519 AAAA x"))
+    assert "sshd" in caught.value.message and "openssh-server" in caught.value.hint
+    assert not (home / "local" / "x").exists(), "a failed create leaves no half-made instance"
+
+
+def test_changed_host_key_is_refused_with_the_fix(launched, home):
+    from ferry import config, lifecycle
+    from ferry.remote import Remote, known_hosts_path
+
+    ctx = config.make_context()
+    instance = lifecycle.resolve(ctx)
+    Remote(ctx, instance).close()  # a fresh connection is where host keys are checked
+    path = known_hosts_path()
+    fake = "AAAAC3NzaC1lZDI1NTE5AAAAIG8mD3Ws2sYrkJk8i1o1rWb0Q1m3oY6kq3bq2o9yWQ2R"
+    path.write_text(re.sub(r"ssh-ed25519 \S+", f"ssh-ed25519 {fake}", path.read_text()))
+    err = assert_one_line_error(launched("run", "true"))
+    assert "host key" in err and "ssh-keygen -R" in err
+    # Fabric (paramiko) enforces the same pin.
+    import paramiko
+
+    with pytest.raises(paramiko.BadHostKeyException):
+        lifecycle.connect(ctx).run("true", hide=True, in_stream=False)
+
+
+def test_ferry_key_and_known_hosts_are_private(launched, home):
+    for path in (home / ".ferry" / "keys" / "id_ed25519", home / ".ferry" / "known_hosts"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert stat.S_IMODE((home / ".ferry" / "keys").stat().st_mode) == 0o700
+
+
+def test_debug_shows_the_traceback(ferry):
+    proc = ferry("--debug", "run", "true")
+    assert proc.returncode == 1
+    assert "Traceback" in proc.stderr and "error: this project has no instance" in proc.stderr
+
+
+def test_no_traceback_for_a_corrupt_state_file(ferry, project):
+    (project / ".ferry").mkdir()
+    (project / ".ferry" / "state.json").write_text("{not json")
+    err = assert_one_line_error(ferry("run", "true"))
+    assert "state.json" in err
+    assert (project / ".ferry" / "state.json").read_text() == "{not json", "nothing overwritten"

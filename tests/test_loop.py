@@ -1,0 +1,215 @@
+"""The build-sync-run-sync loop end to end, through the real CLI, on a real loopback sshd."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO, FerryCLI, assert_one_line_error
+
+
+def remote_workdir(ferry: FerryCLI) -> Path:
+    status = json.loads(ferry.ok("status", "--json").stdout)
+    return Path(status["workdir_root"]) / "proj"
+
+
+def test_full_loop_launch_sync_run_download(ferry, project, home):
+    (project / "train.py").write_text(
+        "import os\n"
+        "os.makedirs('results', exist_ok=True)\n"
+        "open('results/metrics.json', 'w').write('{\"loss\": 0.25}')\n"
+        "print('epoch 1 done')\n"
+    )
+    proc = ferry.ok("launch", "sync", "run", f"{sys.executable} train.py", "download")
+    assert "epoch 1 done" in proc.stdout
+    assert json.loads((project / "results" / "metrics.json").read_text()) == {"loss": 0.25}
+    # The instance is a real sshd under the temporary HOME, recorded as the project's current one.
+    state = json.loads((project / ".ferry" / "state.json").read_text())
+    assert state["current"] == "proj"
+    assert (home / ".ferry" / "local" / "proj" / "sshd" / "sshd.pid").exists()
+
+
+def test_each_task_also_works_alone_in_later_invocations(launched, project):
+    launched.ok("sync")
+    assert launched.ok("run", "cat train.py").stdout == "print('training')\n"
+    launched.ok("run", "mkdir -p results && echo 42 > results/answer.txt")
+    launched.ok("download")
+    assert (project / "results" / "answer.txt").read_text() == "42\n"
+
+
+@pytest.mark.parametrize("code", [0, 1, 3, 137])
+def test_run_exits_with_the_jobs_exit_code(launched, code):
+    command = "kill -9 $$" if code == 137 else f"echo before-exit; exit {code}"
+    proc = launched("run", command)
+    assert proc.returncode == code, proc.stderr
+    if code != 137:
+        assert proc.stdout == "before-exit\n"
+
+
+def test_commands_behave_as_typed_in_a_local_shell(launched):
+    command = """printf '%s|' "two  spaces" 'single $NOT_EXPANDED' "it's" "$((6*7))"; echo "$FERRY_T" """
+    proc = launched.ok("run", "--env", "FERRY_T=a 'b' $c", command)
+    assert proc.stdout == "two  spaces|single $NOT_EXPANDED|it's|42|a 'b' $c\n"
+
+
+TRICKY_NAMES = [
+    "with space.txt", "quote'single.txt", 'quote"double.txt', "$dollar.txt", "star*.txt",
+    "ünïcödé.txt", "-leading-dash.txt", "back\\slash.txt", "[brackets].txt", "new\nline.txt",
+]
+
+
+def test_tricky_file_names_sync_and_download_intact(launched, project):
+    (project / "dir with space").mkdir()
+    for name in TRICKY_NAMES:
+        (project / "dir with space" / name).write_text(name)
+    launched.ok("sync")
+    workdir = remote_workdir(launched)
+    for name in TRICKY_NAMES:
+        assert (workdir / "dir with space" / name).read_text() == name
+    # ...and back: remove locally, download restores each one byte for byte.
+    for name in TRICKY_NAMES:
+        (project / "dir with space" / name).unlink()
+    launched.ok("download", "--path", "dir with space")
+    for name in TRICKY_NAMES:
+        assert (project / "dir with space" / name).read_text() == name
+
+
+def test_ignored_files_never_travel(launched, project):
+    launched.ok("sync")
+    workdir = remote_workdir(launched)
+    assert (workdir / "train.py").exists() and (workdir / "src" / "model.py").exists()
+    assert (workdir / "notes.md").exists(), "untracked, not ignored files are part of the file set"
+    assert not (workdir / ".venv").exists()
+    assert not (workdir / "debug.log").exists()
+    assert not (workdir / ".git").exists()
+    assert not (workdir / ".ferry").exists()
+
+
+def test_download_never_overwrites_a_newer_local_file_and_says_so(launched, project):
+    launched.ok("run", "mkdir -p results && echo remote > results/a.txt && echo remote > results/b.txt")
+    (project / "results").mkdir()
+    newer = project / "results" / "a.txt"
+    newer.write_text("local edit\n")
+    future = time.time() + 3600
+    os.utime(newer, (future, future))
+    proc = launched.ok("download")
+    assert newer.read_text() == "local edit\n"
+    assert (project / "results" / "b.txt").read_text() == "remote\n"
+    assert "results/a.txt" in proc.stderr and "newer" in proc.stderr
+
+
+def test_download_never_deletes_local_files(launched, project):
+    launched.ok("sync")
+    (project / "local-only.txt").write_text("mine\n")
+    launched.ok("download")
+    assert (project / "local-only.txt").read_text() == "mine\n"
+
+
+def test_launch_twice_gives_one_instance(ferry, home):
+    first = json.loads(ferry.ok("launch", "--json").stdout)
+    second = json.loads(ferry.ok("launch", "--json").stdout)
+    assert first["id"] == second["id"] and first["ssh"] == second["ssh"]
+    assert sorted(p.name for p in (home / ".ferry" / "local").iterdir()) == ["proj"]
+    listed = json.loads(ferry.ok("ls", "--json").stdout)
+    assert [i["name"] for i in listed] == ["proj"]
+
+
+def test_stop_start_terminate(launched, home, project):
+    launched.ok("run", "echo kept > kept.txt")
+    launched.ok("stop")
+    assert json.loads(launched.ok("status", "--json").stdout)["status"] == "STOPPED"
+    assert_one_line_error(launched("run", "true"))  # unreachable while stopped, one clean line
+    launched.ok("start")
+    assert launched.ok("run", "cat kept.txt").stdout == "kept\n"  # the disk survived
+    refused = launched("terminate")
+    assert_one_line_error(refused, code=2)
+    assert "--yes" in refused.stderr
+    assert (home / ".ferry" / "local" / "proj").exists()
+    launched.ok("terminate", "--yes")
+    assert not (home / ".ferry" / "local" / "proj").exists()
+    assert json.loads((project / ".ferry" / "state.json").read_text())["instances"] == {}
+    assert_one_line_error(launched("run", "true"))
+
+
+def test_launch_after_stop_starts_the_same_instance(launched, home):
+    launched.ok("run", "echo 1 > marker")
+    launched.ok("stop")
+    launched.ok("launch")
+    assert launched.ok("run", "cat marker").stdout == "1\n"
+    assert len(list((home / ".ferry" / "local").iterdir())) == 1
+
+
+def test_detach_returns_a_job_id_at_once(launched):
+    started = time.monotonic()
+    proc = launched.ok("run", "--detach", "sleep 2; echo finished")
+    assert time.monotonic() - started < 2
+    job_id = proc.stdout.strip()
+    assert job_id
+    jobs = json.loads(launched.ok("jobs", "--json").stdout)
+    assert [j["state"] for j in jobs if j["id"] == job_id] == ["running"]
+    assert launched.ok("logs", "-f", "--job", job_id).stdout == "finished\n"
+
+
+def test_ctrl_c_detaches_and_the_job_keeps_running(launched, project):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ferry", "run", "for i in 1 2 3 4 5 6; do echo line $i; sleep 0.3; done"],
+        cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    first = proc.stdout.readline()
+    assert first == "line 1\n"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert "keeps running" in err and "logs -f" in err
+    assert "Traceback" not in err
+    job = json.loads(launched.ok("jobs", "--json").stdout)[-1]
+    followed = launched.ok("logs", "-f", "--job", job["id"])
+    assert followed.stdout.splitlines()[-1] == "line 6"
+
+
+def test_json_output_is_exactly_one_document(launched):
+    for args in (["launch", "--json"], ["ls", "--json"], ["status", "--json"]):
+        proc = launched.ok(*args)
+        json.loads(proc.stdout)  # raises if anything else reached stdout
+
+
+def test_ssh_print_gives_a_working_command(launched):
+    launched.ok("sync")
+    command = launched.ok("ssh", "--print").stdout.strip()
+    proc = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=30,
+                          input="echo where=$(pwd); exit 0\n")
+    assert proc.returncode == 0, proc.stderr
+    assert f"where={remote_workdir(launched)}" in proc.stdout
+
+
+def test_inv_chain_with_a_project_tasks_py(project, home):
+    (project / "tasks.py").write_text("from ferry.tasks import ns\n")
+    inv = Path(sys.executable).with_name("inv")
+    chain = subprocess.run(
+        [str(inv), "launch", "sync", "run", "echo chained > out.txt && cat out.txt", "download"],
+        cwd=project, capture_output=True, text=True, timeout=90,
+    )
+    assert chain.returncode == 0, chain.stderr
+    assert chain.stdout == "chained\n"
+    assert (project / "out.txt").read_text() == "chained\n"
+    later = subprocess.run([str(inv), "run", "exit 4"], cwd=project, capture_output=True, text=True, timeout=60)
+    assert later.returncode == 4
+
+
+def test_example_project_runs_end_to_end(home, tmp_path):
+    example = tmp_path / "hello"
+    import shutil
+
+    shutil.copytree(REPO / "examples" / "hello", example, ignore=shutil.ignore_patterns(".ferry", "results"))
+    cli = FerryCLI(example)
+    proc = cli.ok("launch", "sync", "run", f"{sys.executable} train.py", "download", "terminate", "--yes")
+    assert "step 5/5" in proc.stdout
+    metrics = json.loads((example / "results" / "metrics.json").read_text())
+    assert metrics["steps"] == 5
