@@ -80,16 +80,19 @@ def pid_alive(pid: int | None) -> bool:
     return True
 
 
-def children_of(pid: int) -> list[int]:
-    """Direct children by /proc scan (the per-connection sshd processes a daemon leaves behind)."""
-    found = []
+def descendants_of(pid: int) -> list[int]:
+    """Every process below ``pid`` by /proc scan: per-connection sshds, their privsep children, sessions."""
+    parent_of = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        with contextlib.suppress(OSError, IndexError):
+        with contextlib.suppress(OSError, IndexError, ValueError):
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
+            parent_of[int(entry.name)] = int(fields[1])
+    found, frontier = [], {pid}
+    while frontier:
+        frontier = {child for child, parent in parent_of.items() if parent in frontier and child not in found}
+        found.extend(sorted(frontier))
     return found
 
 
@@ -203,7 +206,7 @@ class LoopbackSshd:
         pid = self.pid()
         if not self.running() or pid is None:
             return
-        victims = [pid, *children_of(pid)]
+        victims = [pid, *descendants_of(pid)]
         for victim in victims:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(victim, signal.SIGTERM)

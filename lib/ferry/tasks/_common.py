@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import sys
 import traceback
 
@@ -35,3 +36,13 @@ def ferry_task(*args, **kwargs):
         func, args = args[0], ()
         return decorate(func)
     return decorate
+
+
+class lazy:
+    """A module imported on first attribute access, so `inv --list` never loads the library behind a task."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr: str):
+        return getattr(importlib.import_module(self._name), attr)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from .. import lifecycle, output, sync as sync_lib
-from ._common import ferry_task
+from ._common import ferry_task, lazy
+
+lifecycle = lazy("ferry.lifecycle")
+output = lazy("ferry.output")
+sync_lib = lazy("ferry.sync")
 
 
 @ferry_task(help={"name": "instance name (default: the project's current instance)",

@@ -7,16 +7,17 @@ import subprocess
 
 from invoke.exceptions import Exit
 
-from .. import lifecycle, output
 from ..errors import UsageError
-from ..instance import Instance
-from ..remote import Remote
-from ._common import ferry_task
+from ._common import ferry_task, lazy
+
+lifecycle = lazy("ferry.lifecycle")
+output = lazy("ferry.output")
+remote = lazy("ferry.remote")
 
 NAME_HELP = "instance name (default: the project's current instance)"
 
 
-def _row(i: Instance) -> list:
+def _row(i) -> list:
     endpoint = f"{i.ssh.user}@{i.ssh.host}:{i.ssh.port}" if i.ssh else "-"
     return [i.name, i.provider, i.status.value, i.gpu or "-", f"{i.cost_per_hour:.2f}", output.age(i.created_at), endpoint]
 
@@ -66,10 +67,10 @@ def status(c, name=None, json=False):
 def ssh_(c, name=None, print_=False):
     """Open an interactive shell in the instance's workdir."""
     instance = lifecycle.resolve(c, name)
-    remote = Remote(c, instance)
+    target = remote.Remote(c, instance)
     workdir = lifecycle.workdir(c, instance)
     command = f"cd {shlex.quote(workdir)} 2>/dev/null || cd; exec \"${{SHELL:-/bin/bash}}\" -l"
-    argv = remote.ssh_argv(tty=True) + [command]
+    argv = target.ssh_argv(tty=True) + [command]
     if print_:
         print(shlex.join(argv))
         return

@@ -8,10 +8,13 @@ import sys
 
 from invoke.exceptions import Exit
 
-from .. import jobs as jobs_lib, lifecycle, output
 from ..errors import UsageError
-from ..remote import Remote
-from ._common import ferry_task
+from ._common import ferry_task, lazy
+
+jobs_lib = lazy("ferry.jobs")
+lifecycle = lazy("ferry.lifecycle")
+output = lazy("ferry.output")
+remote = lazy("ferry.remote")
 
 NAME_HELP = "instance name (default: the project's current instance)"
 
@@ -81,7 +84,7 @@ def logs(c, job=None, name=None, follow=False):
             _exit_with(end, job_id, instance)
         else:
             log_path = f"{instance.remote_home}/.ferry/jobs/{job_id}/log"
-            proc = Remote(c, instance).run(f"cat {shlex.quote(log_path)}", check=False, stdout=sys.stdout.buffer)
+            proc = remote.Remote(c, instance).run(f"cat {shlex.quote(log_path)}", check=False, stdout=sys.stdout.buffer)
             if proc.returncode:
                 raise UsageError(f"no job {job_id} on {instance.name}", hint="list them: inv jobs")
     except KeyboardInterrupt:
@@ -118,6 +121,6 @@ def attach(c, job=None, name=None):
     instance = lifecycle.resolve(c, name)
     workdir = lifecycle.workdir(c, instance)
     command = f"{jobs_lib.job_tool(instance)} attach {shlex.quote(job or '')} {shlex.quote(workdir)}"
-    code = subprocess.call(Remote(c, instance).ssh_argv(tty=True) + [command])
+    code = subprocess.call(remote.Remote(c, instance).ssh_argv(tty=True) + [command])
     if code:
         raise Exit(code=code)
