@@ -105,3 +105,8 @@ def test_no_traceback_for_a_corrupt_state_file(ferry, project):
     err = assert_one_line_error(ferry("run", "true"))
     assert "state.json" in err
     assert (project / ".ferry" / "state.json").read_text() == "{not json", "nothing overwritten"
+
+
+@pytest.mark.parametrize("argv", [["launch", "--bogus"], ["nosuchtask"], ["run"]])
+def test_bad_usage_exits_2_with_one_line(ferry, argv):
+    assert_one_line_error(ferry(*argv), code=2)

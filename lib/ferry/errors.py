@@ -46,6 +46,14 @@ class ProviderError(FerryError):
     """A cloud API refused or failed a request."""
 
 
+class TransientError(ProviderError):
+    """A failure worth retrying: 429, 5xx, a timeout or a dropped connection."""
+
+    def __init__(self, message: str, hint: str | None = None, retry_after: float | None = None):
+        super().__init__(message, hint)
+        self.retry_after = retry_after
+
+
 class SSHError(FerryError):
     """The instance could not be reached or refused us."""
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import subprocess
 from pathlib import Path
+from typing import Iterator
 
 from invoke import Context
 
@@ -30,12 +33,34 @@ def private_key_path(ctx: Context | None = None) -> Path:
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(path.parent, 0o700)
-        subprocess.run(
-            [require("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-C", "ferry", "-f", str(path)],
-            check=True, stdin=subprocess.DEVNULL,
-        )
-    os.chmod(path, 0o600)
+        with locked(path.parent / ".lock"):
+            if not path.exists():  # another launch may have made it while we waited
+                _generate(path)
     return path
+
+
+def _generate(path: Path) -> None:
+    """Make the key under a temporary name and rename both halves in: never a half-written key."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    for leftover in (tmp, Path(f"{tmp}.pub")):
+        leftover.unlink(missing_ok=True)
+    proc = subprocess.run(
+        [require("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-C", "ferry", "-f", str(tmp)],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True,
+    )
+    if proc.returncode != 0:
+        raise ConfigError(f"ssh-keygen could not make ferry's key: {proc.stderr.strip()}")
+    os.chmod(tmp, 0o600)
+    os.replace(f"{tmp}.pub", f"{path}.pub")
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def locked(lock_path: Path) -> Iterator[None]:
+    """An exclusive advisory lock between ferry processes and threads (each open() is its own lock)."""
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def public_key(ctx: Context | None = None) -> str:

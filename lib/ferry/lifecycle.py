@@ -17,11 +17,11 @@ from typing import Callable
 
 from invoke import Context
 
-from . import config, keys, providers
+from . import config, keys, providers, retry
 from .errors import FerryError, NoInstanceError, SSHError
 from .instance import Instance, InstanceSpec, Status, check_name
-from .providers.base import OWNED, STOP, find_by_name, unsupported
-from .remote import Remote, forget_host_key, pin_host_key
+from .providers.base import OWNED, STOP, find_by_name
+from .remote import Remote, forget_host_key, pin_host_key, socket_target
 from .sshd import wait_for_banner
 from .state import ProjectState
 
@@ -36,9 +36,9 @@ def project_state(ctx: Context | None) -> ProjectState:
     return ProjectState(config.project_dir(ctx))
 
 
-def provider_for(ctx: Context | None, name: str | None = None):
+def provider_for(ctx: Context | None, name: str | None = None, overrides: dict | None = None):
     name = name or config.settings(ctx).get("provider") or "local"
-    return providers.get(name, config.provider_settings(ctx, name))
+    return providers.get(name, ctx, overrides=overrides)
 
 
 # -- finding the instance a command means --------------------------------------
@@ -64,7 +64,8 @@ def resolve(ctx: Context | None, name: str | None = None) -> Instance:
 
 def refresh(ctx: Context | None, instance: Instance) -> Instance | None:
     """Ask the provider for the instance's present state; None when it is gone."""
-    fresh = provider_for(ctx, instance.provider).get(instance.id)
+    cloud = provider_for(ctx, instance.provider)
+    fresh = retry.call(lambda: cloud.get(instance.id))
     if fresh is None:
         return None
     fresh.remote_home = fresh.remote_home or instance.remote_home
@@ -87,27 +88,31 @@ def launch(
     spec: InstanceSpec | None = None,
     timeout: float | None = None,
     log: Log = _quiet,
+    make_current: bool = True,
 ) -> Instance:
     """Reuse, start or create the named instance; return it reachable, bootstrapped and current."""
     settings = config.settings(ctx)
     provider_name = provider or (spec.provider if spec and spec.provider != "local" else None) or settings["provider"]
     name = check_name(name or (spec.name if spec else None) or settings.get("name") or config.project_name(ctx))
     timeout = float(timeout or settings.get("launch_timeout") or 600)
-    cloud = provider_for(ctx, provider_name)
+    if provider_name == "auto":
+        provider_name = cheapest_provider(ctx, spec, log)
+    # Look for the name where the create would go, or a second --region launch would rent a twin.
+    cloud = provider_for(ctx, provider_name, overrides={"lookup_region": spec.region} if spec and spec.region else None)
     public_key = keys.public_key(ctx)
     spec = spec or InstanceSpec(name=name)
     spec.name, spec.provider, spec.public_key = name, provider_name, public_key
     spec.labels = {"ferry-project": config.project_name(ctx), **spec.labels}
 
-    existing = find_by_name(cloud, name)
+    existing = retry.call(lambda: find_by_name(cloud, name))
     created = False
     if existing is None:
         log(f"creating {provider_name} instance {name}")
-        instance = cloud.create(spec)
+        instance = create_once(cloud, spec)
         created = True
     elif existing.status == Status.STOPPED:
         log(f"starting stopped instance {name}")
-        instance = cloud.start(existing.id)
+        instance = retry.call(lambda: cloud.start(existing.id))
     else:
         log(f"reusing instance {name}")
         instance = existing
@@ -119,13 +124,69 @@ def launch(
         if created:
             _clean_up_failed_create(cloud, instance, exc, log)
         raise
-    project_state(ctx).record(instance)
+    project_state(ctx).record(instance, make_current=make_current)
     return instance
+
+
+def create_once(cloud, spec: InstanceSpec) -> Instance:
+    """Create, retrying transient failures, but never twice: a lost response may mean it exists.
+
+    Between attempts the instance is looked up by name; if the cloud made it
+    although the answer never reached us, that instance is the result.
+    """
+    return retry.call(lambda: cloud.create(spec), before_retry=lambda _: find_by_name(cloud, spec.name))
+
+
+def launch_many(
+    ctx: Context | None, count: int, name: str | None = None, provider: str | None = None,
+    spec: InstanceSpec | None = None, timeout: float | None = None, log: Log = _quiet,
+) -> list[Instance]:
+    """``--count N``: instances ``<name>-0 .. <name>-N-1`` sharing a group label, launched concurrently.
+
+    Each launch keeps its own cleanup guarantee; if any fails, the error is
+    raised after the others finish, so none is left half-made.
+    """
+    import copy
+    from concurrent.futures import ThreadPoolExecutor
+
+    base = check_name(name or (spec.name if spec else None) or config.settings(ctx).get("name") or config.project_name(ctx))
+    keys.public_key(ctx)  # make ferry's key (if new) once, before the launches race for it
+    specs = []
+    for i in range(count):
+        one = copy.deepcopy(spec) if spec else InstanceSpec(name=f"{base}-{i}")
+        one.name = check_name(f"{base}-{i}")
+        one.labels = {**one.labels, "ferry-group": base}
+        specs.append(one)
+    with ThreadPoolExecutor(max_workers=min(count, 16)) as pool:
+        futures = [pool.submit(launch, ctx, s.name, provider, s, timeout, log, i == 0) for i, s in enumerate(specs)]
+    results, errors = [], []
+    for future in futures:
+        try:
+            results.append(future.result())
+        except Exception as exc:  # noqa: BLE001 - collect, then report the first
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+    return results
+
+
+def cheapest_provider(ctx: Context | None, spec: InstanceSpec | None, log: Log = _quiet) -> str:
+    """``--provider auto``: the cloud with the cheapest offer for the GPU, among those with keys."""
+    from . import offers as offers_lib
+
+    if spec is None or not spec.gpu:
+        raise FerryError("--provider auto needs --gpu", hint="e.g. inv launch --provider auto --gpu A100")
+    found = offers_lib.collect(ctx, spec.gpu, max(spec.gpu_count, 1), spot=spec.spot)
+    if not found:
+        raise FerryError(f"no offer for {spec.gpu} on any provider with an API key", hint="see: inv offers --gpu " + spec.gpu)
+    best = found[0]
+    log(f"cheapest {spec.gpu}: {best.provider} at ${best.cost_per_hour:.2f}/h")
+    return best.provider
 
 
 def _clean_up_failed_create(cloud, instance: Instance, exc: BaseException, log: Log) -> None:
     try:
-        cloud.terminate(instance.id)
+        retry.call(lambda: cloud.terminate(instance.id))
         log(f"terminated {instance.name} ({instance.id}) because launch failed")
     except Exception as cleanup_error:  # noqa: BLE001 - report both, lose neither
         hint = f"remove it yourself: ferry terminate --provider {cloud.name} --id {instance.id} --yes"
@@ -144,16 +205,18 @@ def wait_until_reachable(ctx, cloud, instance: Instance, timeout: float, fresh: 
         if time.monotonic() > deadline:
             raise FerryError(
                 f"instance {instance.name} did not become reachable within {timeout:.0f}s",
-                hint="raise ferry.launch_timeout or try another region/GPU",
+                hint="raise --launch-timeout (ferry.launch_timeout), or try another region or GPU",
             )
         time.sleep(delay)
         delay = min(delay * 1.6, 5.0)
-        got = cloud.get(instance.id)
+        got = retry.call(lambda: cloud.get(instance.id))
         if got is None:
             raise FerryError(f"instance {instance.name} ({instance.id}) disappeared while starting")
         instance = got
     assert instance.ssh is not None
-    wait_for_banner(instance.ssh.host, instance.ssh.port, max(1.0, deadline - time.monotonic()))
+    probe = socket_target(instance.ssh, ctx)  # honours ssh_config HostName/Port; None behind a proxy
+    if probe is not None:
+        wait_for_banner(probe[0], probe[1], max(1.0, deadline - time.monotonic()))
     host_key = instance.raw.get("host_key")
     if host_key:
         pin_host_key(instance.ssh, host_key)  # the provider told us the key: no trust-on-first-use needed
@@ -203,11 +266,19 @@ def bootstrap(ctx: Context | None, instance: Instance) -> Instance:
 # -- power -------------------------------------------------------------------------
 def stop(ctx: Context | None, instance: Instance) -> Instance:
     cloud = provider_for(ctx, instance.provider)
+    if OWNED not in cloud.capabilities:
+        raise FerryError(
+            f"ferry does not own {instance.name} (a host from ferry.hosts); it leaves its power alone",
+            hint="stop it the way you normally do; to stop using it with ferry, remove it from ferry.hosts",
+        )
     if STOP not in cloud.capabilities:
-        raise unsupported(cloud.name, "stop", hint=f"terminate it instead: inv terminate --name {instance.name} --yes")
+        raise FerryError(
+            f"{cloud.name} instances cannot be stopped: its API has no stop/start",
+            hint=f"terminate it instead (the disk goes with it): inv terminate --name {instance.name} --yes",
+        )
     if instance.ssh:
         Remote(ctx, instance).close()
-    stopped = cloud.stop(instance.id)
+    stopped = retry.call(lambda: cloud.stop(instance.id))
     stopped.remote_home, stopped.workdir_root = instance.remote_home, instance.workdir_root
     project_state(ctx).record(stopped, make_current=False)
     return stopped
@@ -215,9 +286,11 @@ def stop(ctx: Context | None, instance: Instance) -> Instance:
 
 def start(ctx: Context | None, instance: Instance, timeout: float | None = None) -> Instance:
     cloud = provider_for(ctx, instance.provider)
+    if OWNED not in cloud.capabilities:
+        raise FerryError(f"ferry does not own {instance.name}; it leaves the host alone", hint="start it yourself")
     if STOP not in cloud.capabilities:
-        raise unsupported(cloud.name, "start")
-    started = cloud.start(instance.id)
+        raise FerryError(f"{cloud.name} instances cannot be stopped or started", hint=f"inv launch --name {instance.name}")
+    started = retry.call(lambda: cloud.start(instance.id))
     started = wait_until_reachable(ctx, cloud, started, float(timeout or config.settings(ctx)["launch_timeout"]))
     started = bootstrap(ctx, started)
     project_state(ctx).record(started, make_current=False)
@@ -229,13 +302,44 @@ def terminate(ctx: Context | None, instance: Instance) -> None:
     if OWNED not in cloud.capabilities:
         raise FerryError(
             f"ferry does not own {instance.name}; it will not terminate it",
-            hint="ferry only forgets it: remove it from ferry.hosts",
+            hint="to stop using it with ferry, remove it from ferry.hosts",
         )
     if instance.ssh:
         Remote(ctx, instance).close()
         forget_host_key(instance.ssh)
-    cloud.terminate(instance.id)
+    retry.call(lambda: cloud.terminate(instance.id))
     project_state(ctx).forget(instance.name)
+
+
+def find(ctx: Context | None, provider: str, instance_id: str) -> Instance:
+    """An instance by provider and id, whether or not this project launched it."""
+    found = retry.call(lambda: provider_for(ctx, provider).get(instance_id))
+    if found is None:
+        raise NoInstanceError(f"{provider} has no instance {instance_id}", hint=f"list them: inv ls --all")
+    return found
+
+
+def list_everywhere(ctx: Context | None, skipped: dict[str, str] | None = None) -> list[Instance]:
+    """Every instance on every provider that is configured; the ones that are not are noted in ``skipped``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    skipped = skipped if skipped is not None else {}
+    names = ["local", *providers.CLOUDS, "ssh"]
+
+    def ask(name: str) -> list[Instance]:
+        # Everything the account has running on each cloud, ferry's or not: a bill is a bill.
+        cloud = provider_for(ctx, name)
+        return retry.call(lambda: cloud.list())
+
+    with ThreadPoolExecutor(max_workers=len(names)) as pool:
+        futures = {name: pool.submit(ask, name) for name in names}
+    found: list[Instance] = []
+    for name, future in futures.items():
+        try:
+            found.extend(future.result())
+        except FerryError as exc:
+            skipped[name] = exc.message
+    return sorted(found, key=lambda i: (i.provider, i.name))
 
 
 def status(ctx: Context | None, instance: Instance) -> Instance:

@@ -26,6 +26,7 @@ from invoke import Context
 from . import config, keys
 from .errors import HostKeyError, SSHError
 from .instance import Instance, SSHEndpoint
+from .keys import locked
 from .state import write_atomic
 from .tools import require
 
@@ -64,15 +65,17 @@ def _known_hosts_lines_without(name: str) -> list[str]:
 def pin_host_key(endpoint: SSHEndpoint, key_line: str) -> None:
     """Trust exactly this key for this endpoint (used when the provider itself tells us the key)."""
     key_type, key_data = key_line.split()[:2]
-    lines = _known_hosts_lines_without(endpoint.known_hosts_name)
-    lines.append(f"{endpoint.known_hosts_name} {key_type} {key_data}")
-    write_atomic(known_hosts_path(), ("\n".join(lines) + "\n").encode(), mode=0o600)
+    with locked(known_hosts_path().with_name("known_hosts.lock")):  # concurrent launches edit it too
+        lines = _known_hosts_lines_without(endpoint.known_hosts_name)
+        lines.append(f"{endpoint.known_hosts_name} {key_type} {key_data}")
+        write_atomic(known_hosts_path(), ("\n".join(lines) + "\n").encode(), mode=0o600)
 
 
 def forget_host_key(endpoint: SSHEndpoint) -> None:
     """Drop the pin, e.g. when ferry terminated the instance and the address may be reused."""
-    lines = _known_hosts_lines_without(endpoint.known_hosts_name)
-    write_atomic(known_hosts_path(), ("\n".join(lines) + "\n" if lines else "").encode(), mode=0o600)
+    with locked(known_hosts_path().with_name("known_hosts.lock")):
+        lines = _known_hosts_lines_without(endpoint.known_hosts_name)
+        write_atomic(known_hosts_path(), ("\n".join(lines) + "\n" if lines else "").encode(), mode=0o600)
 
 
 def is_pinned(endpoint: SSHEndpoint) -> bool:
@@ -130,7 +133,8 @@ class Remote:
             "ConnectTimeout": "15",
             "LogLevel": "ERROR",
         }
-        argv = ["-p", str(self.endpoint.port), "-l", self.endpoint.user]
+        opts["HostKeyAlias"] = self.endpoint.known_hosts_name  # pins stay filed under the provider's address
+        argv = [*ssh_config_args(self.ctx), *port_args(self.endpoint), "-l", self.endpoint.user]
         for key, value in opts.items():
             argv += ["-o", f"{key}={value}"]
         return argv
@@ -183,12 +187,19 @@ class Remote:
     def classify_failure(self, stderr: str) -> SSHError:
         """Turn OpenSSH's exit 255 chatter into one line and the fix."""
         name = self.endpoint.known_hosts_name
+        if "Host key verification failed" in stderr and "REMOTE HOST IDENTIFICATION HAS CHANGED" not in stderr \
+                and not is_pinned(self.endpoint):
+            return HostKeyError(
+                f"no pinned host key for {self.instance.name} ({name})",
+                hint=f"pin it by reconnecting through ferry: inv launch --name {self.instance.name}",
+            )
         if "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr or "Host key verification failed" in stderr:
             return HostKeyError(
                 f"the host key of {self.instance.name} ({name}) does not match the one ferry pinned",
                 hint=(
                     "if the instance was rebuilt, forget the old key: "
                     f"ssh-keygen -R {shlex.quote(name)} -f {shlex.quote(str(known_hosts_path()))} ; "
+                    f"then pin the new one: inv launch --name {self.instance.name} ; "
                     "otherwise someone may be intercepting the connection"
                 ),
             )
@@ -221,7 +232,11 @@ class Remote:
         class PromptRemote(FabricRemote):
             input_sleep = 0.001  # invoke polls every 10 ms by default; that alone costs ~10 ms a command
 
-        fab_config = fabric.Config(overrides={"runners": {"remote": PromptRemote}})
+        user_ssh_config = ssh_config_args(self.ctx)  # the same ssh_config OpenSSH gets with -F
+        fab_config = fabric.Config(
+            overrides={"runners": {"remote": PromptRemote}},
+            runtime_ssh_path=user_ssh_config[1] if user_ssh_config else None,
+        )
         conn = fabric.Connection(
             self.endpoint.host,
             user=self.endpoint.user,
@@ -237,6 +252,36 @@ class Remote:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn.connect_kwargs["sock"] = sock
         return conn
+
+
+def ssh_config_args(ctx) -> list[str]:
+    """``-F <ferry.ssh_config>`` when set: OpenSSH reads ~/.ssh/config of the passwd home, never $HOME."""
+    path = config.settings(ctx).get("ssh_config")
+    return ["-F", str(Path(path).expanduser())] if path else []
+
+
+def port_args(endpoint: SSHEndpoint) -> list[str]:
+    """Port 22 is left to OpenSSH, so the user's ssh_config may say otherwise for that host (as plain ssh does)."""
+    return [] if endpoint.port == 22 else ["-p", str(endpoint.port)]
+
+
+def socket_target(endpoint: SSHEndpoint, ctx=None) -> tuple[str, int] | None:
+    """Where a raw TCP probe should go once the user's ssh_config has had its say.
+
+    ``ssh -G`` prints the configuration OpenSSH would use (HostName, Port,
+    proxies) without connecting. With a ProxyJump/ProxyCommand there is no
+    direct socket to probe: None.
+    """
+    proc = subprocess.run(
+        [require("ssh"), "-G", *ssh_config_args(ctx), *port_args(endpoint), "-l", endpoint.user, endpoint.host],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL,
+    )
+    if proc.returncode != 0:
+        return endpoint.host, endpoint.port
+    resolved = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if " " in line)
+    if resolved.get("proxyjump", "none") != "none" or resolved.get("proxycommand", "none") != "none":
+        return None
+    return resolved.get("hostname", endpoint.host), int(resolved.get("port", endpoint.port))
 
 
 def remote_path(*parts: str) -> str:

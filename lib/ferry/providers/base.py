@@ -6,8 +6,8 @@ in lifecycle.py and remote.py; a provider only translates.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Mapping, Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 from ..errors import FerryError
 from ..instance import Instance, InstanceSpec
@@ -31,6 +31,24 @@ class Offer:
     id: str | None = None
 
 
+@dataclass
+class ProviderConfig:
+    """What a provider module's ``make`` receives: its settings block and a way to get its key.
+
+    The key is a callable so that merely naming a provider (``inv --list``,
+    ``ls`` of other clouds) never reads secrets or fails for a missing key.
+    """
+
+    name: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    api_key: Callable[[], str] = lambda: ""
+    project: str = "ferry"
+
+    @property
+    def ssh_user(self) -> str | None:
+        return self.settings.get("ssh_user")
+
+
 @runtime_checkable
 class Provider(Protocol):
     name: str
@@ -50,8 +68,16 @@ def unsupported(provider: str, verb: str, hint: str | None = None) -> FerryError
 
 
 def find_by_name(provider: Provider, name: str) -> Instance | None:
-    """Idempotency hinges on this: the instance a name refers to, if the cloud still has it."""
+    """Idempotency hinges on this: the instance a name refers to, if the cloud still has it.
+
+    On a cloud ferry creates instances on, only instances carrying ferry's
+    project label count: a same-named machine made by hand is never adopted
+    (and so never terminated by ferry).
+    """
     for instance in provider.list():
-        if instance.name == name and instance.status.value != "TERMINATED":
-            return instance
+        if instance.name != name or instance.status.value == "TERMINATED":
+            continue
+        if OWNED in provider.capabilities and provider.name != "local" and "ferry-project" not in instance.labels:
+            continue
+        return instance
     return None

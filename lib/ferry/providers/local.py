@@ -31,8 +31,8 @@ from .base import OWNED, STOP, Offer
 MARKER = "FERRY_LOCAL_INSTANCE"
 
 
-def make(settings: Mapping) -> "LocalProvider":
-    return LocalProvider(root=settings.get("root"))
+def make(cfg) -> "LocalProvider":
+    return LocalProvider(root=cfg.settings.get("root"))
 
 
 class LocalProvider:

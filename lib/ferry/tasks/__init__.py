@@ -18,10 +18,10 @@ from __future__ import annotations
 from invoke import Collection
 
 from ..config import DEFAULTS
-from . import files, instances, jobs
+from . import clouds, files, instances, jobs, thunder
 
 ns = Collection()
-for module in (instances, files, jobs):
+for module in (instances, files, jobs, clouds, thunder):
     for task in Collection.from_module(module).tasks.values():
         ns.add_task(task)
 ns.configure({"ferry": DEFAULTS})

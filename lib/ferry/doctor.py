@@ -1,0 +1,111 @@
+"""What `config` and `doctor` report: resolved settings with secrets masked, and health checks with fixes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from invoke import Context
+
+from . import config, providers
+from .errors import FerryError
+from .tools import DEBIAN_PACKAGES, which
+
+SECRET_WORDS = ("key", "token", "secret", "password")
+
+
+def _mask_tree(value, key: str = ""):
+    if isinstance(value, dict):
+        return {k: _mask_tree(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask_tree(v, key) for v in value]
+    if isinstance(value, str) and any(w in key.lower() for w in SECRET_WORDS) and key != "ssh_key":
+        return config.mask(value)
+    return value
+
+
+def resolved_config(ctx: Context | None) -> dict:
+    """Settings as ferry sees them after every config layer, plus where each key was found (masked)."""
+    keys = {}
+    for name in config.KEY_SOURCES:
+        found = config.api_key_source(ctx, name)
+        keys[name] = {"set": bool(found), "source": found[1] if found else None,
+                      "value": config.mask(found[0]) if found else None}
+    return {
+        "settings": _mask_tree(config.settings(ctx)),
+        "project_dir": str(config.project_dir(ctx)),
+        "project": config.project_name(ctx),
+        "api_keys": keys,
+    }
+
+
+def config_lines(report: dict) -> list[str]:
+    lines = [f"project: {report['project']} ({report['project_dir']})", "settings:"]
+    lines += ["  " + l for l in json.dumps(report["settings"], indent=2, sort_keys=True, default=str).splitlines()]
+    lines.append("api keys:")
+    for name, info in report["api_keys"].items():
+        lines.append(f"  {name}: {info['value']} from {info['source']}" if info["set"] else f"  {name}: not set")
+    return lines
+
+
+def _check(what: str, ok: bool, detail: str, fix: str = "", required: bool = True) -> dict:
+    return {"what": what, "ok": ok, "detail": detail, "fix": fix, "required": required}
+
+
+def run_checks(ctx: Context | None) -> list[dict]:
+    checks = []
+    for tool in ("ssh", "ssh-keygen", "rsync", "git", "tmux", "sshd"):
+        path = which(tool)
+        needed_for = {"sshd": "the local provider", "tmux": "the local provider", "git": "git projects"}.get(tool)
+        checks.append(_check(
+            f"local tool {tool}", path is not None, path or "missing",
+            f"sudo apt-get install -y {DEBIAN_PACKAGES.get(tool, tool)}", required=needed_for is None,
+        ))
+    try:
+        from .keys import private_key_path
+
+        key = private_key_path(ctx)
+        checks.append(_check("ssh key", True, str(key)))
+    except FerryError as exc:
+        checks.append(_check("ssh key", False, exc.message, exc.hint or ""))
+    for name in config.KEY_SOURCES:
+        found = config.api_key_source(ctx, name)
+        variable = config.KEY_SOURCES[name][0]
+        checks.append(_check(f"{name} API key", bool(found), f"from {found[1]}" if found else "not set",
+                             f"export {variable}=... (or put it in .env)", required=False))
+    checks.append(_check("ec2 credentials", _aws_credentials(), "boto3 credential chain",
+                         "aws configure (or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)", required=False))
+    checks.extend(_instance_checks(ctx))
+    return checks
+
+
+def _aws_credentials() -> bool:
+    try:
+        import boto3
+    except ImportError:
+        return False
+    return boto3.Session().get_credentials() is not None
+
+
+def _instance_checks(ctx: Context | None) -> list[dict]:
+    """rsync, tmux and setsid on the current instance, if the project has one that runs."""
+    from . import lifecycle
+    from .remote import Remote
+
+    try:
+        instance = lifecycle.resolve(ctx)
+    except FerryError:
+        return [_check("current instance", True, "none yet (inv launch makes one)", required=False)]
+    try:
+        proc = Remote(ctx, instance).run(
+            "for t in rsync tmux setsid; do command -v $t >/dev/null 2>&1 && echo ok:$t || echo missing:$t; done",
+            timeout=20,
+        )
+    except (FerryError, subprocess.TimeoutExpired) as exc:
+        return [_check(f"instance {instance.name}", False, str(exc), f"inv status --name {instance.name}", required=False)]
+    results = []
+    for line in proc.stdout.decode().split():
+        state, tool = line.split(":", 1)
+        package = "util-linux" if tool == "setsid" else tool
+        results.append(_check(f"{instance.name}: {tool}", state == "ok", state, f"on the instance: apt-get install -y {package}"))
+    return results
