@@ -1,14 +1,29 @@
 """Moving files: the project's file set up to the instance, results back down.
 
-Up: one recursive rsync whose excludes reproduce git's view of the project
-(tracked plus untracked-but-not-ignored), because rsync walking the tree with
-filters is ~3.5x faster on a no-op than feeding it ``--files-from``
-(PERFORMANCE.md). The exclude list is git's own list of ignored paths,
-collapsed to directories, so ignored venvs and weights cost one line each.
-Outside git the default exclude list stands in for .gitignore.
+Up, fastest path first:
 
-Down: rsync from the workdir that never deletes a local file and never
-overwrites a local file that is newer than the remote copy.
+* nothing changed: a fresh stat scan of the file set (fileset.py) equals the
+  local record of the last successful sync to this instance (manifest.py),
+  so no network at all (~20 ms for 5,000 files, against ~100 ms for even a
+  no-op rsync);
+* a few files changed: only those go, in one rsync fed the short list, and
+  files that are gone locally are deleted remotely (safely, see manifest.py);
+* otherwise (first sync from this checkout, ``--full``, or someone else
+  synced in between): the instance's record is read, then an empty workdir
+  is filled by one uncompressed tar stream (the floor for a first copy), and
+  an existing one by one recursive rsync whose excludes reproduce git's file
+  set exactly, which is ~3.5x faster than ``--files-from`` on a large tree.
+
+Nothing on the instance is ever deleted unless ferry sent it and it is gone
+locally (``--delete=never`` turns even that off); rsync never runs with
+``--delete``.
+
+Down: rsync from the workdir (or named paths) that never deletes a local
+file, keeps a local file that is newer, and replaces an older one only after
+keeping its previous content under ``.ferry/backups/<timestamp>/``.
+
+Every transfer shows a progress bar on a terminal once it has run a second,
+and every call returns a SyncResult whose summary says files, bytes, seconds.
 """
 
 from __future__ import annotations
@@ -17,36 +32,40 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Sequence
+from typing import Callable, Sequence
 
 from invoke import Context
 
-from . import config
+from . import config, fileset
 from .errors import FerryError, RemoteCommandError, UsageError
+from .fileset import DEFAULT_EXCLUDES, FileSet, Stat
 from .instance import Instance
 from .lifecycle import workdir
+from .manifest import (LocalRecord, ManifestChanged, NoPython, RemoteManifest, cache_path, local_key, new_token,
+                       remote_key)
 from .remote import Remote
-from .tools import require
+from .tools import require, which
 
-# Never worth shipping to a GPU box: environments, caches, build output, weights, secrets.
-DEFAULT_EXCLUDES = (
-    ".git/", ".ferry/", ".venv/", "venv/", ".env/", "env/", "__pycache__/", "*.pyc",
-    ".mypy_cache/", ".pytest_cache/", ".ruff_cache/", ".ipynb_checkpoints/", ".tox/", ".nox/",
-    "node_modules/", "build/", "dist/", "*.egg-info/", ".DS_Store",
-    "*.pt", "*.pth", "*.ckpt", "*.safetensors", "*.bin", "*.gguf", "*.onnx",
-    "wandb/", "checkpoints/", "outputs/",
-    ".env", "*.pem", "*.key", "id_rsa*", "id_ed25519*", ".netrc", "credentials.json",
-)
+__all__ = ["sync_up", "download", "report", "SyncResult", "DEFAULT_EXCLUDES", "DELETE_MODES", "in_git", "exclude_rules"]
 
-# Inside git the ignore rules come from git itself; these are never sent regardless.
-ALWAYS_EXCLUDE = (".git", ".ferry/")
+DELETE_MODES = ("sent", "never")
+LIST_LIMIT = 1000  # changed files sent as an explicit list; more than this and the filtered tree walk is cheaper
+RSYNC_FLAGS = ["-rlpt", "--protect-args", "--stats"]
+ALWAYS_EXCLUDE_DOWN = ("/.ferry/", ".git")  # never pulled, even with --all
+CONNECTION_EXITS = {10, 12, 30, 35, 255}  # socket I/O, protocol stream, timeouts, ssh itself
+Log = Callable[[str], None]
 
-RSYNC_UP = ["-rlpt", "--prune-empty-dirs", "--protect-args", "--stats"]
-RSYNC_DOWN = ["-rlpt", "--update", "--protect-args", "--stats", "--info=skip1", "--out-format=%i %n"]
+in_git = fileset.in_git
+
+
+def exclude_rules(project: Path) -> list[str]:
+    """The rsync exclude rules that reduce a recursive walk of ``project`` to its file set."""
+    return fileset.scan(project).exclude_rules()
 
 
 @dataclass
@@ -54,14 +73,35 @@ class SyncResult:
     files: int = 0
     bytes: int = 0
     seconds: float = 0.0
-    skipped: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    kept_remote: list[str] = field(default_factory=list)  # sent before, changed on the instance since: kept
+    skipped: list[str] = field(default_factory=list)  # download: newer local files kept
+    backed_up: list[str] = field(default_factory=list)  # download: local files replaced, previous copy kept
     received: list[str] = field(default_factory=list)
+    would_send: list[str] = field(default_factory=list)  # dry run
+    backup_dir: str | None = None
+    how: str = ""  # "unchanged", "changes", "full", "initial", "dry-run", "download"
+    dry_run: bool = False
+    warnings: list[str] = field(default_factory=list)
+    fileset: FileSet | None = field(default=None, repr=False, compare=False)  # up: the set that was synced
 
     def summary(self, verb: str) -> str:
-        text = f"{verb} {self.files} file{'s' if self.files != 1 else ''} ({_human(self.bytes)}) in {self.seconds:.2f}s"
+        text = f"{verb} {self.files} file{_s(self.files)} ({_human(self.bytes)}) in {self.seconds:.3f}s"
+        if self.deleted:
+            text += f"; {'would delete' if self.dry_run else 'deleted'} {len(self.deleted)} on the instance"
+        if self.kept_remote:
+            text += f"; kept {len(self.kept_remote)} remote file{_s(self.kept_remote)} changed there since ferry sent it"
         if self.skipped:
-            text += f"; kept {len(self.skipped)} newer local file{'s' if len(self.skipped) != 1 else ''}"
+            text += f"; kept {len(self.skipped)} newer local file{_s(self.skipped)}"
+        if self.backed_up:
+            text += (f"; {'would back up' if self.dry_run else 'backed up'} {len(self.backed_up)} replaced "
+                     f"file{_s(self.backed_up)} in {self.backup_dir}")
         return text
+
+
+def _s(n) -> str:
+    n = n if isinstance(n, int) else len(n)
+    return "" if n == 1 else "s"
 
 
 def _human(n: float) -> str:
@@ -72,83 +112,373 @@ def _human(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-# -- the file set ---------------------------------------------------------------
-def in_git(project: Path) -> bool:
-    return any((d / ".git").exists() for d in (project, *project.parents))
+def _parse_stats(text: str) -> tuple[int, int]:
+    files = re.search(r"Number of regular files transferred: ([\d,.]+)", text)
+    size = re.search(r"Total transferred file size: ([\d,.]+)", text)
+    as_int = lambda m: int(re.sub(r"[,.]", "", m.group(1))) if m else 0  # noqa: E731
+    return as_int(files), as_int(size)
 
 
-def _rsync_literal(path: str) -> str:
-    """An rsync pattern matching exactly ``path`` (escape wildcards only when rsync would see them)."""
-    if any(ch in path for ch in "*?[\\"):
-        return re.sub(r"([*?\[\\])", r"\\\1", path)
-    return path
+# -- running rsync (and tar) with a progress bar on a terminal -------------------------------
+PROGRESS_AFTER = 1.0  # seconds a transfer runs before its bar appears (short ones stay quiet)
+PROGRESS = re.compile(rb"^\s*([\d,.]+)\s+(\d+)%\s+(\S+/s)\s+(\d+:\d\d:\d\d)")
 
 
-def exclude_rules(project: Path) -> list[str]:
-    """Anchored rsync exclude patterns that turn 'every file' into the project's file set."""
-    if in_git(project):
-        git = require("git", "the project is a git repository")
-        proc = subprocess.run(
-            [git, "-c", "core.quotePath=off", "ls-files", "-z", "--others", "--ignored",
-             "--exclude-standard", "--directory", "--no-empty-directory"],
-            cwd=project, capture_output=True,
-        )
-        if proc.returncode != 0:
-            raise FerryError(f"git could not list ignored files: {proc.stderr.decode(errors='replace').strip()}")
-        rules = ["/" + _rsync_literal(p) for p in proc.stdout.decode("utf-8", "surrogateescape").split("\0") if p]
-        return [*ALWAYS_EXCLUDE, *rules]
-    return list(DEFAULT_EXCLUDES)
+class ProgressBar:
+    """One line on stderr, drawn only once a transfer has run ``after`` seconds, wiped at the end."""
+
+    def __init__(self, label: str, after: float | None = None, stream=None):
+        self.label, self.stream = label, stream or sys.stderr
+        self.after = PROGRESS_AFTER if after is None else after
+        self.started = time.monotonic()
+        self.drawn = False
+        self.last = 0.0
+
+    def update(self, done: int, percent: int | None = None, rate: str | None = None, total: int | None = None) -> None:
+        now = time.monotonic()
+        if now - self.started < self.after or (self.drawn and now - self.last < 0.1):
+            return
+        self.last = now
+        if percent is None and total:
+            percent = min(100, int(100 * done / total))
+        if rate is None:
+            rate = f"{_human(done / max(now - self.started, 1e-6))}/s"
+        self.stream.write(f"\r{self.label} {percent if percent is not None else '?':>3}%  {_human(done)}  {rate}\x1b[K")
+        self.stream.flush()
+        self.drawn = True
+
+    def close(self) -> None:
+        if self.drawn:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
 
 
-def _exclude_file(rules: Sequence[str]) -> str:
-    fd, path = tempfile.mkstemp(prefix="ferry-excludes-")
+def _progress_wanted(progress: bool | None) -> bool:
+    return sys.stderr.isatty() if progress is None else progress
+
+
+def _raise_for(code: int, stderr: bytes, remote: Remote, what: str = "rsync") -> None:
+    if code in (0, 24):  # 24: a file vanished while sending, which is fine
+        return
+    text = stderr.decode(errors="replace")
+    if code == 255 or (code in CONNECTION_EXITS and re.search(
+            r"connection unexpectedly closed|Broken pipe|Connection (refused|reset|closed|timed out)|"
+            r"error in socket IO|protocol data stream|timeout", text)):
+        raise remote.classify_failure(text)
+    if code == 20:
+        raise KeyboardInterrupt
+    lines = [l for l in text.splitlines() if l.strip() and not l.startswith("rsync error:")]
+    raise RemoteCommandError(
+        f"{what} failed (exit {code}): {lines[0] if lines else text.strip() or 'no message'}",
+        hint="run again with --debug for details",
+    )
+
+
+def _run_rsync(argv: list[str], remote: Remote, progress: bool, label: str) -> str:
+    """Run rsync; return its stdout (stats, itemized lines). Connection failures raise SSHError."""
+    if not progress:
+        proc = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL)
+        _raise_for(proc.returncode, proc.stderr, remote)
+        return proc.stdout.decode("utf-8", "replace")
+    argv = [argv[0], "--info=progress2", *argv[1:]]
+    bar = ProgressBar(label)
+    out = bytearray()
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
+        try:
+            pending = b""
+            assert proc.stdout is not None
+            while True:
+                chunk = proc.stdout.read1(65536)
+                if not chunk:
+                    break
+                pending += chunk
+                cut = max(pending.rfind(b"\r"), pending.rfind(b"\n"))
+                if cut < 0:
+                    continue
+                for seg in re.split(rb"(?<=[\r\n])", pending[: cut + 1]):
+                    m = PROGRESS.match(seg)
+                    if m:
+                        bar.update(int(re.sub(rb"[,.]", b"", m.group(1))), int(m.group(2)), m.group(3).decode())
+                    elif seg.strip():
+                        out += seg.rstrip(b"\r") if seg.endswith(b"\r") else seg
+                pending = pending[cut + 1:]
+            out += pending
+            code = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            bar.close()
+        err.seek(0)
+        _raise_for(code, err.read(), remote)
+    return out.decode("utf-8", "replace")
+
+
+def _rule_file(rules: Sequence[str]) -> str:
+    fd, path = tempfile.mkstemp(prefix="ferry-rules-")
     with os.fdopen(fd, "wb") as fh:
         fh.write(b"".join(r.encode("utf-8", "surrogateescape") + b"\0" for r in rules))
     return path
 
 
-def _parse_stats(text: str) -> tuple[int, int]:
-    files = re.search(r"Number of regular files transferred: ([\d,]+)", text)
-    size = re.search(r"Total transferred file size: ([\d,]+)", text)
-    as_int = lambda m: int(m.group(1).replace(",", "")) if m else 0  # noqa: E731
-    return as_int(files), as_int(size)
+_GNU_TAR: list[str | None] = []
 
 
-def _rsync(argv: list[str], remote: Remote) -> subprocess.CompletedProcess:
-    proc = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL)
-    if proc.returncode == 255 or (proc.returncode == 12 and b"connection unexpectedly closed" in proc.stderr):
-        raise remote.classify_failure(proc.stderr.decode(errors="replace"))
-    if proc.returncode not in (0, 24):  # 24: a file vanished while sending, which is fine
-        lines = [l for l in proc.stderr.decode(errors="replace").splitlines() if l.strip()]
-        raise RemoteCommandError(f"rsync failed (exit {proc.returncode}): {lines[0] if lines else 'no message'}")
-    return proc
+def _gnu_tar() -> str | None:
+    """GNU tar, whose ``--verbatim-files-from`` reads any name literally (bsdtar would take ``-C`` lines as options)."""
+    if not _GNU_TAR:
+        tar = which("tar")
+        ok = False
+        if tar:
+            try:
+                ok = b"GNU tar" in subprocess.run([tar, "--version"], capture_output=True, timeout=10).stdout
+            except (OSError, subprocess.SubprocessError):
+                ok = False
+        _GNU_TAR.append(tar if ok else None)
+    return _GNU_TAR[0]
 
 
-# -- up ----------------------------------------------------------------------------
-def sync_up(ctx: Context | None, instance: Instance, dry_run: bool = False) -> SyncResult:
-    """Send the project's file set to ``<workdir_root>/<project>`` in one rsync."""
-    rsync = require("rsync", "ferry syncs files with rsync")
-    project = config.project_dir(ctx)
-    remote = Remote(ctx, instance)
-    target = workdir(ctx, instance)
+# -- up --------------------------------------------------------------------------------------------
+class _Up:
+    """One upload: the scan, the local record, the instance's record, and the transfers between them."""
+
+    def __init__(self, ctx: Context | None, instance: Instance, delete: str, progress: bool):
+        self.ctx = ctx
+        self.instance = instance
+        self.project = config.project_dir(ctx)
+        self.remote = Remote(ctx, instance)
+        self.target = workdir(ctx, instance)
+        self.delete = delete
+        self.progress = progress
+        self.record = LocalRecord.load(cache_path(self.project, local_key(instance, self.target)))
+        self.manifest = RemoteManifest(self.remote, self.target, remote_key(config.project_name(ctx), self.target))
+        self.fs: FileSet = fileset.scan(self.project, self.record.files.keys() if self.record.valid else frozenset(),
+                                        self.record.spec_hash)
+
+    @property
+    def rsync_path(self) -> str:
+        return f"mkdir -p {shlex.quote(self.target)} && rsync"
+
+    def _split(self, previously: dict[str, Stat]) -> tuple[dict[str, Stat], dict[str, Stat]]:
+        """(to delete remotely, to keep listing as sent): only files gone from the local disk count as deleted."""
+        gone = {p: s for p, s in previously.items() if p not in self.fs.files and self.fs.gone(p, s[2])}
+        if self.delete == "never":
+            return {}, gone
+        return gone, {}
+
+    def _commit(self, token: str, extra: dict[str, Stat]) -> None:
+        rec = self.record
+        rec.token, rec.spec_hash, rec.files, rec.extra = token, self.fs.spec_hash, self.fs.files, extra
+        rec.save()
+
+    # the paths ----------------------------------------------------------------------------------
+    def unchanged(self) -> bool:
+        rec = self.record
+        return rec.valid and self.fs.files == rec.files and (self.delete == "never" or not rec.extra)
+
+    def changes(self, result: SyncResult) -> None:
+        """Send what changed since the record, delete what vanished; ManifestChanged if the record is stale."""
+        rec = self.record
+        changed = {p: s for p, s in self.fs.files.items() if rec.files.get(p) != s}
+        to_delete, extra = self._split({**rec.extra, **rec.files})
+        token = new_token()
+        written = False
+        if to_delete:  # before sending: a file that became a directory (or back) must make way first
+            written = not changed
+            if not self._delete(to_delete, rec.token, result, extra, then_write=(token, {**self.fs.files, **extra})
+                                if written else None):
+                written = False
+        if len(changed) > LIST_LIMIT:  # a branch switch: past this, walking the tree beats a long list
+            self._rsync_tree(result)
+        elif changed:
+            self._rsync_list(sorted(changed), result)
+        if not written:
+            self.manifest.write(token, {**self.fs.files, **extra}, expect=rec.token)
+        self._commit(token, extra)
+
+    def full(self, result: SyncResult) -> None:
+        """Compare everything: read the instance's record, delete, send (tar or rsync), write the record."""
+        occupied, current, sent_before = self.manifest.fetch()
+        to_delete, extra = self._split(sent_before)
+        if to_delete:
+            self._delete(to_delete, current, result, extra)
+        if not occupied and _gnu_tar() and self.fs.files:
+            self._tar(result)
+        else:
+            self._rsync_tree(result)
+        token = new_token()
+        self.manifest.write(token, {**self.fs.files, **extra}, expect=current)
+        self._commit(token, extra)
+
+    def _delete(self, to_delete: dict[str, Stat], expect: str, result: SyncResult, extra: dict[str, Stat],
+                then_write: tuple[str, dict[str, Stat]] | None = None, dry_run: bool = False) -> bool:
+        """Delete remotely; without python3 there, keep them listed as sent (``extra``) and say so."""
+        try:
+            done = self.manifest.delete(to_delete, expect, dry_run=dry_run, then_write=then_write)
+        except NoPython as exc:
+            extra.update(to_delete)
+            result.warnings.append(f"{exc.message}; {len(to_delete)} file{_s(len(to_delete))} gone locally "
+                                   f"stay on the instance for now ({exc.hint})")
+            return False
+        result.deleted, result.kept_remote = done.deleted, done.kept
+        return True
+
+    def dry_run(self, result: SyncResult) -> None:
+        occupied, current, sent_before = self.manifest.fetch()
+        if occupied:
+            out = self._rsync_tree(result, dry_run=True)
+            result.would_send = [l[12:] for l in out.splitlines() if l[:2] in ("<f", "cL", "<L") and len(l) > 12]
+        else:
+            result.would_send = sorted(self.fs.files)
+            result.files, result.bytes = len(self.fs.files), self.fs.total_bytes
+        to_delete, _ = self._split(sent_before)
+        if to_delete:
+            self._delete(to_delete, current, result, {}, dry_run=True)
+
+    # the transfers -----------------------------------------------------------------------------------
+    def _rsync_tree(self, result: SyncResult, dry_run: bool = False) -> str:
+        rsync = require("rsync", "ferry syncs files with rsync")
+        rules = _rule_file(self.fs.exclude_rules())
+        try:
+            argv = [rsync, *RSYNC_FLAGS, "--prune-empty-dirs", "--from0", f"--exclude-from={rules}",
+                    "-e", self.remote.rsync_rsh()]
+            if dry_run:
+                argv += ["--dry-run", "--out-format=%i %n"]
+            else:
+                argv.append(f"--rsync-path={self.rsync_path}")
+            argv += [f"{self.project}/", f"{self.remote.rsync_target}{self.target}/"]
+            out = _run_rsync(argv, self.remote, self.progress and not dry_run, "sending")
+        finally:
+            os.unlink(rules)
+        result.files, result.bytes = _parse_stats(out)
+        return out
+
+    def _rsync_list(self, paths: list[str], result: SyncResult) -> None:
+        rsync = require("rsync", "ferry syncs files with rsync")
+        listing = _rule_file(paths)
+        try:
+            argv = [rsync, "-lpt", "--protect-args", "--stats", "--from0", f"--files-from={listing}",
+                    "--ignore-missing-args", "-e", self.remote.rsync_rsh(), f"--rsync-path={self.rsync_path}",
+                    f"{self.project}/", f"{self.remote.rsync_target}{self.target}/"]
+            out = _run_rsync(argv, self.remote, self.progress, "sending")
+        finally:
+            os.unlink(listing)
+        result.files, result.bytes = _parse_stats(out)
+
+    def _tar(self, result: SyncResult) -> None:
+        """An empty workdir: one uncompressed tar stream, the cheapest first copy (mtimes kept to the ns)."""
+        tar = _gnu_tar()
+        assert tar
+        listing = _rule_file(sorted(self.fs.files))
+        total = self.fs.total_bytes
+        remote_cmd = f"mkdir -p {shlex.quote(self.target)} && exec tar -xpf - -C {shlex.quote(self.target)}"
+        try:
+            with tempfile.TemporaryFile() as tar_err:
+                maker = subprocess.Popen(
+                    [tar, "-cf", "-", "--format=posix", "--pax-option=delete=atime,delete=ctime",
+                     "--numeric-owner", "--owner=0", "--group=0", "--ignore-failed-read",
+                     "--null", "--verbatim-files-from", "-T", listing],
+                    cwd=self.project, stdout=subprocess.PIPE, stderr=tar_err, stdin=subprocess.DEVNULL,
+                )
+                assert maker.stdout is not None
+                try:
+                    if self.progress:
+                        code, err = self._pump(maker.stdout, remote_cmd, total)
+                    else:
+                        taker = subprocess.run(self.remote.ssh_argv() + [remote_cmd], stdin=maker.stdout,
+                                               capture_output=True)
+                        code, err = taker.returncode, taker.stderr
+                finally:
+                    maker.stdout.close()
+                    made = maker.wait()
+                tar_err.seek(0)
+                made_err = tar_err.read()
+        finally:
+            os.unlink(listing)
+        _raise_for(code, err, self.remote, what="tar on the instance")
+        if made not in (0, 1):  # 1: a file changed while it was read; the next sync sends it again
+            raise FerryError(f"tar failed (exit {made}): {made_err.decode(errors='replace').strip()[:300]}")
+        result.files, result.bytes = len(self.fs.files), total
+
+    def _pump(self, source, remote_cmd: str, total: int) -> tuple[int, bytes]:
+        bar = ProgressBar("sending")
+        taker = subprocess.Popen(self.remote.ssh_argv() + [remote_cmd], stdin=subprocess.PIPE,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        assert taker.stdin is not None and taker.stderr is not None
+        done = 0
+        try:
+            while True:
+                chunk = source.read1(1 << 20)
+                if not chunk:
+                    break
+                try:
+                    taker.stdin.write(chunk)
+                except BrokenPipeError:
+                    break
+                done += len(chunk)
+                bar.update(done, total=total)
+            taker.stdin.close()
+            err = taker.stderr.read()
+            return taker.wait(), err
+        except BaseException:
+            taker.kill()
+            taker.wait()
+            raise
+        finally:
+            bar.close()
+
+
+def sync_up(
+    ctx: Context | None,
+    instance: Instance,
+    dry_run: bool = False,
+    delete: str = "sent",
+    full: bool = False,
+    progress: bool | None = None,
+) -> SyncResult:
+    """Make ``<workdir_root>/<project>`` hold the project's file set; see the module docstring for how.
+
+    ``delete="sent"`` deletes remotely the files ferry sent before that are now
+    gone locally (and only while the remote copy is still what ferry sent);
+    ``"never"`` deletes nothing. ``full`` ignores the local record and compares
+    every file with the instance. ``dry_run`` lists what would be sent
+    (``result.would_send``) and deleted (``result.deleted``), and changes nothing.
+    """
+    if delete not in DELETE_MODES:
+        raise UsageError(f"bad --delete value {delete!r}", hint=f"use one of: {', '.join(DELETE_MODES)}")
     started = time.monotonic()
-    excludes = _exclude_file(exclude_rules(project))
-    try:
-        argv = [
-            rsync, *RSYNC_UP, "--from0", f"--exclude-from={excludes}",
-            "-e", remote.rsync_rsh(),
-            f"--rsync-path=mkdir -p {shlex.quote(target)} && rsync",
-            *(["--dry-run"] if dry_run else []),
-            f"{project}/", f"{remote.rsync_target}{target}/",
-        ]
-        proc = _rsync(argv, remote)
-    finally:
-        os.unlink(excludes)
-    files, size = _parse_stats(proc.stdout.decode(errors="replace"))
-    return SyncResult(files=files, bytes=size, seconds=time.monotonic() - started)
+    up = _Up(ctx, instance, delete, _progress_wanted(progress))
+    result = SyncResult(dry_run=dry_run)
+    if dry_run:
+        result.how = "dry-run"
+        up.dry_run(result)
+    elif not full and up.unchanged():
+        result.how = "unchanged"
+    else:
+        for attempt in range(3):
+            try:
+                if not full and up.record.valid and attempt == 0:
+                    result.how = "changes"
+                    up.changes(result)
+                else:
+                    result.how = "initial" if not up.record.valid and attempt == 0 else "full"
+                    up.full(result)
+                break
+            except ManifestChanged:
+                up.record.token = ""  # someone else synced to this workdir: compare everything
+                if attempt == 2:
+                    raise FerryError(
+                        f"another sync to {instance.name} kept changing its record of sent files",
+                        hint="let the other sync finish, then run: inv sync",
+                    ) from None
+    result.fileset = up.fs
+    result.seconds = time.monotonic() - started
+    return result
 
 
-# -- down --------------------------------------------------------------------------
+# -- down ------------------------------------------------------------------------------------------
 def _check_relative(path: str) -> str:
     clean = PurePosixPath(path)
     if clean.is_absolute() or ".." in clean.parts or not str(clean).strip() or str(clean) == ".":
@@ -159,16 +489,54 @@ def _check_relative(path: str) -> str:
     return str(clean)
 
 
-def download(ctx: Context | None, instance: Instance, paths: Sequence[str] = (), dry_run: bool = False) -> SyncResult:
-    """Pull the workdir (or paths in it) into the project; never delete, never clobber newer local files."""
+def _check_pattern(pattern: str, flag: str) -> str:
+    if not pattern or "\0" in pattern or "\n" in pattern:
+        raise UsageError(f"bad {flag} pattern {pattern!r}", hint=f"give a pattern such as {flag} '*.json'")
+    return pattern
+
+
+def download_rules(paths: Sequence[str], include: Sequence[str], exclude: Sequence[str], everything: bool) -> list[str]:
+    """rsync filter rules for a download: user includes win, then user excludes, then the default list."""
+    rules = [f"- {p}" for p in ALWAYS_EXCLUDE_DOWN]
+    rules += [f"+ {_check_pattern(p, '--include')}" for p in include]
+    rules += [f"- {_check_pattern(p, '--exclude')}" for p in exclude]
+    if not everything and not paths:  # a path named on the command line comes whole
+        rules += [f"- {p}" for p in DEFAULT_EXCLUDES]
+    return rules
+
+
+def download(
+    ctx: Context | None,
+    instance: Instance,
+    paths: Sequence[str] = (),
+    dry_run: bool = False,
+    force: bool = False,
+    backup_dir: str | os.PathLike | None = None,
+    everything: bool = False,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    progress: bool | None = None,
+) -> SyncResult:
+    """Pull the workdir (or paths in it) into the project. Never deletes a local file.
+
+    A local file that differs and is newer is kept (``result.skipped``) unless
+    ``force``; one that is replaced has its previous content kept under
+    ``backup_dir`` (default ``.ferry/backups/<timestamp>/``; ``result.backed_up``).
+    The default exclude list (venvs, caches, weights, ``outputs/``, secrets)
+    applies to a whole-workdir pull unless ``everything``; named ``paths`` come
+    whole. ``include``/``exclude`` are rsync patterns (``*.json``, ``logs/``),
+    includes winning.
+    """
     rsync = require("rsync", "ferry downloads files with rsync")
     project = config.project_dir(ctx)
     remote = Remote(ctx, instance)
     source = workdir(ctx, instance)
     wanted = [_check_relative(p) for p in paths]
+    rules = download_rules(wanted, include, exclude, everything)
+    started = time.monotonic()
     if wanted:
         probe = "cd " + shlex.quote(source) + " && for p in " + " ".join(shlex.quote(p) for p in wanted) + \
-            '; do [ -e "$p" ] || printf "%s\\0" "$p"; done'
+            '; do [ -e "$p" ] || [ -L "$p" ] || printf "%s\\0" "$p"; done'
         proc = remote.run(probe, check=False)
         missing = [p for p in proc.stdout.decode(errors="replace").split("\0") if p]
         if proc.returncode != 0 and not missing:
@@ -186,16 +554,52 @@ def download(ctx: Context | None, instance: Instance, paths: Sequence[str] = (),
     else:
         sources = [f"{remote.rsync_target}{source}/"]
         extra = []
-    started = time.monotonic()
-    excludes = _exclude_file([".ferry/", ".git/"])
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    backups = Path(backup_dir).expanduser() if backup_dir else Path(".ferry") / "backups" / stamp
+    if not backups.is_absolute():
+        backups = project / backups
+    rule_file = _rule_file(rules)
     try:
-        argv = [rsync, *RSYNC_DOWN, *extra, "--from0", f"--exclude-from={excludes}", "-e", remote.rsync_rsh(),
-                *(["--dry-run"] if dry_run else []), *sources, f"{project}/"]
-        proc = _rsync(argv, remote)
+        argv = [rsync, *RSYNC_FLAGS, *extra, "--from0", f"--filter=merge {rule_file}", "-e", remote.rsync_rsh(),
+                "--info=skip1", "--out-format=%i %n", "--backup", f"--backup-dir={backups}"]
+        if not force:
+            argv.append("--update")
+        if dry_run:
+            argv.append("--dry-run")
+        argv += [*sources, f"{project}/"]
+        out = _run_rsync(argv, remote, _progress_wanted(progress) and not dry_run, "receiving")
     finally:
-        os.unlink(excludes)
-    out = proc.stdout.decode("utf-8", "replace")
-    files, size = _parse_stats(out)
-    received = [line[12:] for line in out.splitlines() if line.startswith(">f") and len(line) > 12]
-    skipped = [line[: -len(" is newer")] for line in out.splitlines() if line.endswith(" is newer")]
-    return SyncResult(files=files, bytes=size, seconds=time.monotonic() - started, skipped=skipped, received=received)
+        os.unlink(rule_file)
+    result = SyncResult(how="download", dry_run=dry_run)
+    result.files, result.bytes = _parse_stats(out)
+    for line in out.splitlines():
+        if line.startswith(">f") and len(line) > 12:
+            result.received.append(line[12:])
+            if line[2:11] != "+++++++++":
+                result.backed_up.append(line[12:])
+        elif line.endswith(" is newer"):
+            result.skipped.append(line[: -len(" is newer")])
+    if result.backed_up:  # (a dry run names where the backups would go)
+        try:
+            result.backup_dir = str(backups.relative_to(project))
+        except ValueError:
+            result.backup_dir = str(backups)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def report(result: SyncResult, log: Log, verb: str) -> None:
+    """Every file a download skipped or backed up, then the one-line summary (what tasks and watch print)."""
+    for path in result.skipped:
+        log(f"kept newer local file: {path}")
+    for path in result.backed_up:
+        if result.dry_run:
+            log(f"would replace {path} (previous copy to {result.backup_dir}/{path})")
+        else:
+            log(f"backed up {path} (previous copy in {result.backup_dir}/{path})")
+    for path in result.kept_remote:
+        log(f"kept {path} on the instance: it changed there since ferry sent it")
+    for warning in result.warnings:
+        log(f"warning: {warning}")
+    log(result.summary(verb))
+

@@ -1,0 +1,152 @@
+"""``sync --watch``: keep the instance in step with the tree, one sync per burst of changes.
+
+watchfiles (inotify/FSEvents through Rust) reports changes; a burst (an
+editor's save, a ``git checkout``) is gathered until the tree has been quiet
+for ``debounce`` seconds, then one ordinary ``sync_up`` runs. That sync
+re-reads the same file set and compares it with the local record of the last
+sync, so it sends only what changed, deletes only what ferry sent and is gone,
+and costs no network at all when the burst only touched ignored files.
+Events under ``.git/``, ``.ferry/`` (where ferry writes its record: watching
+it would loop) and directories wholly outside the set (a venv, a data dir)
+are dropped before they wake us.
+
+A failed sync keeps its changes pending: a lost connection is retried with
+backoff (1 s doubling to ``max_backoff``), re-reading the instance from the
+project's state file each time, so an instance restarted on a new port is
+found again. A changed host key stops the watch; Ctrl-C (or SIGTERM, which
+is all a watcher started in the background ever gets) stops it cleanly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from invoke import Context
+
+from . import config, lifecycle
+from .errors import FerryError, HostKeyError, UsageError
+from .sync import report, sync_up
+
+Log = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class _Filter:
+    """watchfiles filter: drop events that can never change the file set's contents."""
+
+    def __init__(self, root: Path):
+        self.root = str(root).rstrip("/") + "/"
+        self.skip: set[str] = {".git", ".ferry"}
+
+    def update(self, ignored_dirs: list[str]) -> None:
+        self.skip = {".git", ".ferry", *ignored_dirs}
+
+    def __call__(self, change, path: str) -> bool:
+        if not path.startswith(self.root):
+            return True
+        rel = path[len(self.root):]
+        cut = rel.find("/")
+        while cut > 0:
+            if rel[:cut] in self.skip:
+                return False
+            cut = rel.find("/", cut + 1)
+        return rel not in self.skip
+
+
+class _Watcher:
+    """The loop's state: pending changes, the backoff after a failure, and how many syncs ran."""
+
+    def __init__(self, ctx: Context | None, name: str, delete: str, max_backoff: float, log: Log, keep: _Filter):
+        self.ctx, self.name, self.delete, self.max_backoff, self.log, self.keep = ctx, name, delete, max_backoff, log, keep
+        self.syncs = 0
+        self.pending, self.first, self.failing = True, True, False
+        self.delay, self.next_try = 1.0, 0.0
+
+    def _say(self, line: str) -> None:
+        self.log(f"{time.strftime('%H:%M:%S')} {line}")
+
+    def step(self, changed: bool) -> None:
+        """After a batch of changes (or a quiet timeout), sync if something is pending and backoff allows."""
+        self.pending = self.pending or changed
+        if not self.pending or time.monotonic() < self.next_try:
+            return
+        try:
+            instance = lifecycle.resolve(self.ctx, self.name)  # re-read: a restarted instance may have a new port
+            result = sync_up(self.ctx, instance, delete=self.delete, progress=False)
+        except (HostKeyError, UsageError):
+            raise
+        except FerryError as exc:
+            self.next_try = time.monotonic() + self.delay
+            self._say(f"sync to {self.name} failed: {exc.message}; retrying in {self.delay:.0f}s (changes are kept)")
+            self.delay = min(self.delay * 2, self.max_backoff)
+            self.failing = True
+            return
+        if self.failing:
+            self._say(f"reconnected to {self.name}")
+        self.pending, self.failing, self.delay = False, False, 1.0
+        if result.fileset is not None:
+            self.keep.update(result.fileset.ignored_dirs())
+        if self.first or result.how != "unchanged":
+            self.syncs += 1
+            report(result, self._say, "synced")
+        self.first = False
+
+
+def watch(
+    ctx: Context | None,
+    name: str | None = None,
+    delete: str = "sent",
+    debounce: float = 0.2,
+    max_backoff: float = 30.0,
+    log: Log = _stderr,
+    stop: threading.Event | None = None,
+) -> int:
+    """Sync now, then after every burst of changes, until Ctrl-C, SIGTERM or ``stop``. Returns the sync count."""
+    from watchfiles import watch as watch_tree  # a Rust extension: loaded only when watching
+
+    if debounce < 0 or max_backoff <= 0:
+        raise UsageError("debounce must be >= 0 and max_backoff > 0")
+    project = config.project_dir(ctx)
+    instance = lifecycle.resolve(ctx, name)
+    keep = _Filter(project)
+    watcher = _Watcher(ctx, instance.name, delete, max_backoff, log, keep)
+    log(f"watching {project} for changes (Ctrl-C stops)")
+    try:
+        with _sigterm_as_interrupt():
+            # The first sync runs at the first (timeout) yield, once the watcher is in place,
+            # so nothing written while it runs is missed.
+            for changes in watch_tree(
+                project, watch_filter=keep, debounce=1600, step=max(1, int(debounce * 1000)),
+                rust_timeout=500, yield_on_timeout=True, stop_event=stop, raise_interrupt=True,
+            ):
+                watcher.step(bool(changes))
+    except KeyboardInterrupt:
+        pass
+    log(f"stopped watching after {watcher.syncs} sync{'s' if watcher.syncs != 1 else ''}")
+    return watcher.syncs
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM ends the watch like Ctrl-C (main thread only; elsewhere the caller's ``stop`` event does)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
