@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import ferry  # noqa: E402
 from ferry.sshd import pid_alive  # noqa: E402
 from tests.fakes import SshdPool  # noqa: E402
 from tests.fakes.fixtures import *  # noqa: E402,F401,F403
@@ -37,15 +38,20 @@ def make_key(directory: Path, name: str = "id") -> tuple[str, str]:
     return str(path), path.with_suffix(".pub").read_text().strip()
 
 
-def ssh_ok(key: str, port: int | None = None, host: str = "127.0.0.1", config: str = "/dev/null") -> bool:
-    """The exact login the brief asks for: ``ssh -i key ... -p PORT user@127.0.0.1 true``."""
+def ssh_run(key: str, port: int | None = None, command: str = "true", *, host: str = "127.0.0.1",
+            config: str = "/dev/null", input: str = "") -> subprocess.CompletedProcess:
+    """``ssh -i key ... -p PORT user@127.0.0.1 COMMAND``, ``input`` on its stdin."""
     argv = ["ssh", "-F", config, "-i", key, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
             "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR"]
     if port is not None:
         argv += ["-p", str(port)]
     target = f"{USER}@{host}" if config == "/dev/null" else host
-    proc = subprocess.run(argv + [target, "true"], stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
-    return proc.returncode == 0
+    return subprocess.run(argv + [target, command], input=input, capture_output=True, text=True, timeout=30)
+
+
+def ssh_ok(key: str, port: int | None = None, host: str = "127.0.0.1", config: str = "/dev/null") -> bool:
+    """The exact login the brief asks for: ``ssh -i key ... -p PORT user@127.0.0.1 true``."""
+    return ssh_run(key, port, host=host, config=config).returncode == 0
 
 
 @pytest.fixture
@@ -89,6 +95,33 @@ def test_sshd_pool_other_key_refused(sshd_pool: SshdPool, fake_dir):
     assert not ssh_ok(bad, endpoint.port)
     sshd_pool.add_key(endpoint, Path(bad + ".pub").read_text())
     assert ssh_ok(bad, endpoint.port)
+
+
+def test_sshd_pool_instance_is_a_machine_of_its_own(sshd_pool: SshdPool, fake_dir):
+    """Own HOME (also after a key change and restart), uv already there so bootstrap never
+    downloads it, and stop ends what its sessions left running, by pid."""
+    first, first_pub = make_key(fake_dir, "first")
+    second, second_pub = make_key(fake_dir, "second")
+    endpoint = sshd_pool.create(first_pub)
+    sshd_pool.add_key(endpoint, second_pub)
+    sshd_pool.stop(endpoint)
+    sshd_pool.start(endpoint)
+    # bootstrap.sh as launch runs it, with a curl first on PATH that only leaves a trace.
+    shim = ('mkdir -p "$HOME/shim" && printf \'#!/bin/sh\\ntouch "$HOME/curl-ran"\\n\' > "$HOME/shim/curl"'
+            ' && chmod +x "$HOME/shim/curl"')
+    command = (f'{shim} && PATH="$HOME/shim:$PATH" sh -s; "$HOME/.local/bin/uv" --version;'
+               " setsid sleep 300 </dev/null >/dev/null 2>&1 & echo pid=$!")
+    bootstrap = (Path(ferry.__file__).parent / "remote_scripts" / "bootstrap.sh").read_text()
+    proc = ssh_run(second, endpoint.port, command, input=bootstrap)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert f"home={endpoint.home}" in lines and "ok=1" in lines
+    assert f"uv={endpoint.home}/.local/bin/uv" in lines and any(l.startswith("uv 0.") for l in lines)
+    assert (endpoint.home / "shim" / "curl").exists() and not (endpoint.home / "curl-ran").exists()
+    (pid,) = [int(l[4:]) for l in lines if l.startswith("pid=")]
+    assert pid_alive(pid), "a detached process outlives its session, as a tmux server does"
+    sshd_pool.stop(endpoint)
+    assert not pid_alive(pid), "powered off with the instance"
 
 
 # -- RunPod ------------------------------------------------------------------------------

@@ -23,8 +23,6 @@ import pytest
 from ferry import config as ferry_config
 from ferry.sshd import free_port
 
-from .instance_homes import isolate
-
 ACCESS_KEY = "AKIAFERRYTESTKEY0001"
 SECRET_KEY = "ferry/SECRET/9f3b1c7e5d2a"
 DLAMI = "ami-0feedfacecafe0001"
@@ -55,7 +53,6 @@ def ec2(fake_ec2, sshd_pool, project, home, monkeypatch):
     if "ssh_config" not in ferry_config.DEFAULTS:
         pytest.fail("the EC2 tests need ferry.ssh_config (ssh -F), port 22 left to ssh_config, and HostKeyAlias "
                     "in remote.py: see the issue 5 vast/ec2/ssh report")
-    homes = isolate(sshd_pool)
     ssh_config = home / "ssh_config"
     ssh_config.write_text(
         f"Include {fake_ec2.ssh_config_path}\n\n"
@@ -75,8 +72,7 @@ def ec2(fake_ec2, sshd_pool, project, home, monkeypatch):
     try:
         yield fake_ec2
     finally:
-        fake_ec2.stop()
-        homes.power_off_all()
+        fake_ec2.stop()  # powers off every instance (SshdPool ends what they left running)
 
 
 def failed(proc: subprocess.CompletedProcess) -> str:

@@ -2,20 +2,17 @@
 
 Every command goes through the real CLI (``python -m ferry``), which pays
 the SDK's ~1.6 s import on each call that talks to RunPod, so the cases
-share launches where they can. Each fake pod's sshd gives its sessions their
-own HOME under the fake's directory (the setting ``workdir: "~"`` puts the
-project there instead of /workspace), and every process started through it
-is stopped by pid at teardown.
+share launches where they can. Each fake pod's sshd (``SshdPool``) gives its
+sessions their own HOME under the fake's directory (the setting ``workdir:
+"~"`` puts the project there instead of /workspace), and every process
+started through it is stopped by pid at teardown.
 """
 
 from __future__ import annotations
 
-import contextlib
 import getpass
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -25,53 +22,18 @@ import pytest
 pytestmark = pytest.mark.timeout(60)
 
 USER = getpass.getuser()
-MARKER = "FERRY_FAKE_INSTANCE"
 GPU_ID = "NVIDIA GeForce RTX 4090"
 
 
 # -- fixtures ----------------------------------------------------------------------------
-def isolate_instances(pool, monkeypatch) -> None:
-    """Each fake pod's sshd sets HOME to its own directory and marks its sessions for cleanup."""
-    original = pool.create
-
-    def create(public_key, *, start=True, name=None):
-        endpoint = original(public_key, start=False, name=name)
-        home = endpoint.directory / "home"
-        home.mkdir(exist_ok=True)
-        endpoint.sshd.prepare(endpoint.keys, env={"HOME": str(home), MARKER: str(endpoint.directory)})
-        if start:
-            pool.start(endpoint)
-        return endpoint
-
-    monkeypatch.setattr(pool, "create", create)
-
-
-def stop_marked_processes(base: Path) -> None:
-    """Power-off for what jobs left behind (tmux servers outlive their sshd): by pid, found by marker."""
-    prefix = f"{MARKER}={base}".encode()
-    victims = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            with contextlib.suppress(OSError):
-                if any(v.startswith(prefix) for v in (entry / "environ").read_bytes().split(b"\0")):
-                    victims.append(int(entry.name))
-    for pid in victims:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
 @pytest.fixture
-def fake(fake_runpod, sshd_pool, home, project, monkeypatch):
-    isolate_instances(sshd_pool, monkeypatch)
+def fake(fake_runpod, home, project, monkeypatch):
     monkeypatch.setenv("RUNPOD_API_KEY", fake_runpod.api_key)
     monkeypatch.setenv("INVOKE_FERRY_PROVIDERS_RUNPOD_API_URL", fake_runpod.base_url)
     monkeypatch.setenv("INVOKE_FERRY_PROVIDERS_RUNPOD_SSH_USER", USER)
     # The project goes in the pod's home, not /workspace (which would be this machine's /workspace).
     (home / ".invoke.yaml").write_text("ferry:\n  providers:\n    runpod:\n      workdir: '~'\n")
-    try:
-        yield fake_runpod
-    finally:
-        stop_marked_processes(sshd_pool.base_dir)
+    return fake_runpod
 
 
 class Recorder:

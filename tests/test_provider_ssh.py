@@ -20,7 +20,6 @@ from ferry.instance import SSHEndpoint
 from ferry.providers.base import ProviderConfig
 from ferry.providers import ssh as ssh_provider
 
-from .instance_homes import isolate
 
 INV = str(Path(sys.executable).with_name("inv"))
 
@@ -28,14 +27,10 @@ INV = str(Path(sys.executable).with_name("inv"))
 @pytest.fixture
 def box(project, sshd_pool):
     """A machine of the user's: an sshd that trusts ferry's key, with its own HOME."""
-    homes = isolate(sshd_pool)
     public = keys.public_key(config.make_context())
     endpoint = sshd_pool.create(public, name="box")
     (project / "tasks.py").write_text("from ferry.tasks import ns\n")
-    try:
-        yield endpoint
-    finally:
-        homes.power_off_all()
+    yield endpoint
 
 
 def write_hosts(project: Path, hosts: dict) -> None:

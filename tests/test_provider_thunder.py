@@ -2,19 +2,17 @@
 
 Every command goes through the real CLI (``python -m ferry``; ``modify`` and
 ``clone`` through ``inv`` with a project tasks.py that adds ferry's Thunder
-tasks, the way a user's project would). Each fake instance's sshd gives its
-sessions their own HOME under the fake's directory, so nothing lands in the
-real home directory, and every process started through it is stopped by pid
-at teardown.
+tasks, the way a user's project would). Each fake instance's sshd
+(``SshdPool``) gives its sessions their own HOME under the fake's directory,
+so nothing lands in the real home directory, and every process started
+through it is stopped by pid at teardown.
 """
 
 from __future__ import annotations
 
-import contextlib
 import getpass
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -27,50 +25,15 @@ from .conftest import assert_one_line_error
 pytestmark = pytest.mark.timeout(60)
 
 USER = getpass.getuser()
-MARKER = "FERRY_FAKE_INSTANCE"
 
 
 # -- fixtures ----------------------------------------------------------------------------
-def isolate_instances(pool, monkeypatch) -> None:
-    """Each fake instance's sshd sets HOME to its own directory and marks its sessions for cleanup."""
-    original = pool.create
-
-    def create(public_key, *, start=True, name=None):
-        endpoint = original(public_key, start=False, name=name)
-        home = endpoint.directory / "home"
-        home.mkdir(exist_ok=True)
-        endpoint.sshd.prepare(endpoint.keys, env={"HOME": str(home), MARKER: str(endpoint.directory)})
-        if start:
-            pool.start(endpoint)
-        return endpoint
-
-    monkeypatch.setattr(pool, "create", create)
-
-
-def stop_marked_processes(base: Path) -> None:
-    """Power-off for what jobs left behind (tmux servers outlive their sshd): by pid, found by marker."""
-    prefix = f"{MARKER}={base}".encode()
-    victims = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            with contextlib.suppress(OSError):
-                if any(v.startswith(prefix) for v in (entry / "environ").read_bytes().split(b"\0")):
-                    victims.append(int(entry.name))
-    for pid in victims:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
 @pytest.fixture
-def fake(fake_thunder, sshd_pool, home, project, monkeypatch):
-    isolate_instances(sshd_pool, monkeypatch)
+def fake(fake_thunder, home, project, monkeypatch):
     monkeypatch.setenv("TNR_API_TOKEN", fake_thunder.api_key)
     monkeypatch.setenv("INVOKE_FERRY_PROVIDERS_THUNDER_API_URL", fake_thunder.base_url)
     monkeypatch.setenv("INVOKE_FERRY_PROVIDERS_THUNDER_SSH_USER", USER)
-    try:
-        yield fake_thunder
-    finally:
-        stop_marked_processes(sshd_pool.base_dir)
+    return fake_thunder
 
 
 class Recorder:

@@ -15,14 +15,11 @@ import sys
 
 import pytest
 
-from .instance_homes import isolate
-
 KEY = "vast-SECRET-4c1d9e7a0b2f"
 
 
 @pytest.fixture
-def vast(fake_vast, sshd_pool, project, monkeypatch):
-    homes = isolate(sshd_pool)
+def vast(fake_vast, project, monkeypatch):
     fake_vast.api_key = KEY
     monkeypatch.setenv("VAST_API_KEY", KEY)
     monkeypatch.setenv("INVOKE_FERRY_PROVIDERS_VAST_API_URL", fake_vast.base_url)
@@ -30,8 +27,7 @@ def vast(fake_vast, sshd_pool, project, monkeypatch):
     try:
         yield fake_vast
     finally:
-        fake_vast.stop()
-        homes.power_off_all()
+        fake_vast.stop()  # powers off every instance (SshdPool ends what they left running)
 
 
 LAUNCH = ("launch", "--provider", "vast", "--gpu", "RTX4090")

@@ -11,6 +11,20 @@ meantime does it move to a new one (``endpoint.port`` is updated in place).
 Every sshd is stopped by the pid in its own pid file (never by name), and
 ``stop_all`` stops every one the pool ever started, so a fixture's finally can
 call it after a failing test.
+
+Each instance is a machine of its own, not the test user's account:
+
+- its sessions get ``HOME=<its directory>/home`` (sshd would otherwise take
+  the real home from the passwd entry, and a launch would bootstrap, sync and
+  run jobs there);
+- that home holds a stub ``~/.local/bin/uv`` (the image "has uv"), so
+  bootstrap.sh never runs ``curl https://astral.sh/uv/install.sh``: tests
+  reach nothing beyond loopback;
+- every process started through its sshd carries the local provider's marker
+  variable, and ``stop``, ``remove`` and ``stop_all`` end them all by pid,
+  the way a power-off would (a tmux server daemonises out of sshd's process
+  tree and would outlive it). The marker and the /proc scan are
+  :mod:`ferry.providers.local`'s own, so there is one copy of that logic.
 """
 
 from __future__ import annotations
@@ -22,7 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ferry.errors import FerryError
+from ferry.providers.local import MARKER, end_marked_processes
 from ferry.sshd import LoopbackSshd
+
+UV_STUB = "#!/bin/sh\necho 'uv 0.0.0 (ferry test stub)'\n"
 
 
 @dataclass(eq=False)
@@ -40,6 +57,11 @@ class Endpoint:
     def directory(self) -> Path:
         return self.sshd.dir
 
+    @property
+    def home(self) -> Path:
+        """The instance's $HOME: where bootstrap, the synced project and jobs land."""
+        return self.directory / "home"
+
     def running(self) -> bool:
         return self.sshd.running()
 
@@ -56,8 +78,9 @@ class SshdPool:
     """Creates, stops, restarts and removes loopback sshds under ``base_dir``."""
 
     def __init__(self, base_dir: str | Path):
-        self.base_dir = Path(base_dir)
+        self.base_dir = Path(base_dir).resolve()  # as LoopbackSshd resolves: markers name the same path
         self.base_dir.mkdir(parents=True, exist_ok=True)
+        # Instance directories sit where the local provider would look for its own, so its power-off fits.
         self.user = getpass.getuser()
         self._lock = threading.RLock()
         self._count = 0
@@ -77,61 +100,82 @@ class SshdPool:
             directory = self.base_dir / f"s{self._count}"
             sshd = LoopbackSshd(directory)
             keys = _key_lines(public_key)
-            sshd.prepare(authorized_keys=keys)
             endpoint = Endpoint(host="127.0.0.1", port=None, user=self.user, sshd=sshd, name=label, keys=keys)
+            sshd.prepare(authorized_keys=keys, env=self._env(endpoint))
+            uv = endpoint.home / ".local" / "bin" / "uv"
+            uv.parent.mkdir(parents=True, exist_ok=True)
+            uv.write_text(UV_STUB)
+            uv.chmod(0o755)
             self.endpoints.append(endpoint)
         if start:
             self.start(endpoint)
         return endpoint
 
     def start(self, endpoint: Endpoint) -> Endpoint:
-        """Start (or keep running) the sshd; reuse its previous port when free."""
+        """Start (or keep running) the sshd; reuse its previous port when free.
+
+        A host key deleted meanwhile is made anew (a machine rebuilt behind the
+        same address), and the instance's HOME and marker are passed on every
+        start, whatever was prepared last.
+        """
         with self._lock:
             sshd = endpoint.sshd
             if sshd.running() and endpoint.port:
                 return endpoint
+            env = self._env(endpoint)
+            sshd.prepare(authorized_keys=endpoint.keys, env=env)
             port = None
             if endpoint.port:
                 try:
-                    port = sshd.start(port=endpoint.port)
+                    port = sshd.start(port=endpoint.port, env=env)
                 except FerryError:
                     port = None  # the old port was taken: move to a new one
             if port is None:
-                port = sshd.start()
+                port = sshd.start(env=env)
             endpoint.port = port
             return endpoint
 
     def stop(self, endpoint: Endpoint) -> None:
-        """Stop the sshd (and its per-connection children); the endpoint keeps its port for ``start``."""
+        """Power off: the sshd, its sessions and whatever they left running; the port is kept for ``start``."""
         with self._lock:
             endpoint.sshd.stop()
+            self._power_off(endpoint)
 
     def remove(self, endpoint: Endpoint) -> None:
-        """Stop the sshd and delete its directory (an instance that was terminated)."""
+        """Power off and delete its directory (an instance that was terminated)."""
         with self._lock:
-            endpoint.sshd.stop()
+            self.stop(endpoint)
             if endpoint in self.endpoints:
                 self.endpoints.remove(endpoint)
             shutil.rmtree(endpoint.directory, ignore_errors=True)
 
     def stop_all(self) -> None:
-        """Stop every sshd this pool ever started (by pid); safe to call twice."""
+        """Power off every instance this pool ever started (by pid); safe to call twice."""
         with self._lock:
             errors = []
             for endpoint in list(self.endpoints):
                 try:
-                    endpoint.sshd.stop()
+                    self.stop(endpoint)
                 except Exception as exc:  # keep stopping the others
                     errors.append(exc)
             if errors:
                 raise errors[0]
+
+    # -- the machine around the sshd -------------------------------------------
+    def _env(self, endpoint: Endpoint) -> dict[str, str]:
+        """sshd ``SetEnv`` for every session: the instance's own HOME and the power-off marker."""
+        return {"HOME": str(endpoint.home), MARKER: str(endpoint.directory)}
+
+    def _power_off(self, endpoint: Endpoint) -> None:
+        """End every process carrying this instance's marker (TERM, then KILL), by pid."""
+        end_marked_processes(endpoint.directory)
 
     # -- keys ----------------------------------------------------------------
     def set_keys(self, endpoint: Endpoint, public_keys: str | list[str] | None) -> None:
         """Replace authorized_keys (sshd reads the file at each login, so this works live)."""
         with self._lock:
             endpoint.keys = _key_lines(public_keys)
-            endpoint.sshd.prepare(authorized_keys=endpoint.keys)
+            endpoint.sshd.set_authorized_keys(endpoint.keys)
 
     def add_key(self, endpoint: Endpoint, public_key: str) -> None:
         with self._lock:

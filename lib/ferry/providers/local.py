@@ -151,23 +151,31 @@ class LocalProvider:
 
     # -- power off -----------------------------------------------------------------
     def _kill_instance_processes(self, instance_id: str) -> None:
-        """Every process started through this instance's sshd carries its marker; end them all, by pid."""
-        marker = f"{MARKER}={self._dir(instance_id)}".encode()
-        me = os.getpid()
-        victims = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) == me:
-                continue
-            with contextlib.suppress(OSError):
-                if marker in (entry / "environ").read_bytes().split(b"\0"):
-                    victims.append(int(entry.name))
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in victims:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, sig)
-            deadline = time.monotonic() + 3
-            while any(pid_alive(p) for p in victims) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            victims = [p for p in victims if pid_alive(p)]
-            if not victims:
-                break
+        end_marked_processes(self._dir(instance_id))
+
+
+def end_marked_processes(directory: Path) -> None:
+    """Every process started through an instance's sshd carries its marker; end them all, by pid.
+
+    This is what makes a local stop look like a power-off (tmux and jobs die
+    too); the test suite's fake clouds use it for their instances as well.
+    """
+    marker = f"{MARKER}={directory}".encode()
+    me = os.getpid()
+    victims = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        with contextlib.suppress(OSError):
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                victims.append(int(entry.name))
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + 3
+        while any(pid_alive(p) for p in victims) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        victims = [p for p in victims if pid_alive(p)]
+        if not victims:
+            break
