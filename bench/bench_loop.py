@@ -395,18 +395,18 @@ def main() -> int:
             job_id = jobs_lib.new_job_id()
             spec = jobs_lib.job_spec(ctx, instance, "true")
             tool = jobs_lib.job_tool(instance)
-            cmd = f"{tool} start {shlex.quote(job_id)} && exec {tool} follow {shlex.quote(job_id)} 0"
+            cmd = f"{tool} start {shlex.quote(job_id)} follow 0"  # what ferry run sends: one exec
             start = time.perf_counter()
             proc = subprocess.run(ssh_base + [cmd], input=spec, capture_output=True, timeout=60)
             ms = (time.perf_counter() - start) * 1000.0
             if b"ferry-exit:0:" not in proc.stderr:
                 err = " | ".join(l for l in proc.stderr.decode(errors="replace").splitlines() if l.strip())
-                raise Failed(f"ssh ... ferry-job start && follow exited {proc.returncode}: {err or 'no stderr'}")
+                raise Failed(f"ssh ... ferry-job start ... follow exited {proc.returncode}: {err or 'no stderr'}")
             return ms
 
         fails = []
         a, b = side_by_side(args.repeat, remote_half, floor_true, fails)
-        rows.append(Row("  its remote half: ssh 'ferry-job start && follow'", "ssh <instance> true (ControlMaster)", a, b,
+        rows.append(Row("  its remote half: ssh 'ferry-job start ID follow 0'", "ssh <instance> true (ControlMaster)", a, b,
                         note="no Python start-up: what the job machinery itself costs", failures=fails))
         fails = []
         a, b = side_by_side(args.repeat, lambda: ferry_cmd([ferry, "run", "--detach", "true"], cwd=project, env=env),

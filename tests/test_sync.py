@@ -292,6 +292,7 @@ def test_credentials_land_private_and_bashrc_holds_one_block(launched, project, 
     (wrap / "ssh").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" >> {argv_log}\nexec {shutil.which("ssh")} "$@"\n')
     (wrap / "ssh").chmod(0o755)
     env = {"PATH": f"{wrap}:{os.environ['PATH']}"}
+    launched.ok("run", "true")  # the instance's tmux server now predates the credentials
 
     outputs = [launched.ok("sync", "--credentials", str(creds), env=env) for _ in range(3)]
 

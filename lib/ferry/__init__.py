@@ -30,6 +30,7 @@ _EXPORTS = {
     "run": "ferry.jobs",
     "follow": "ferry.jobs",
     "list_jobs": "ferry.jobs",
+    "forward": "ferry.forward",
     "FerryError": "ferry.errors",
     "Instance": "ferry.instance",
     "InstanceSpec": "ferry.instance",

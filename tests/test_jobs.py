@@ -1,0 +1,407 @@
+"""Jobs that survive dropped connections, and the tasks to manage them (issue 4).
+
+Everything runs through the real CLI against a local instance: a real sshd on
+127.0.0.1, real tmux on the "instance" side, and, for `attach`, a real tmux
+on the local side too (its own socket under the test HOME, killed by pid).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from ferry.providers.local import LocalProvider
+from ferry.sshd import LoopbackSshd, free_port, pid_alive
+
+from .conftest import assert_one_line_error
+
+FERRY = [sys.executable, "-m", "ferry"]
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def instance_dir(home: Path) -> Path:
+    return home / ".ferry" / "local" / "proj"
+
+
+def workdir(home: Path) -> Path:
+    return instance_dir(home) / "home" / "proj"
+
+
+def job_dir(home: Path, job_id: str) -> Path:
+    return instance_dir(home) / "home" / ".ferry" / "jobs" / job_id
+
+
+def jobs_json(ferry) -> dict[str, dict]:
+    return {j["id"]: j for j in json.loads(ferry.ok("jobs", "--json").stdout)}
+
+
+def until(condition, timeout: float = 20.0, what: str = "condition"):
+    """Poll ``condition`` (bounded); return its first truthy value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def popen(args, cwd, **kw):
+    """A ferry process in the background, stopped by pid whatever happens."""
+    proc = subprocess.Popen([*FERRY, *args], cwd=cwd, **kw)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as ssh and servers bind: TIME_WAIT is no obstacle
+        try:
+            sock.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+# -- usage: checked before anything is contacted ---------------------------------------------------
+@pytest.mark.parametrize("args, words", [
+    (["run", "--timeout", "10x", "true"], "bad duration"),
+    (["run", "--timeout", "0", "true"], "more than zero"),
+    (["run", "--then", "reboot", "true"], "--then"),
+    (["run", "--then", "stop", "--detach", "true"], "--then stop"),
+    (["run", "--then-always", "true"], "--then-always"),
+    (["run", "--wait-timeout", "5s", "true"], "--wait-for"),
+    (["wait", "--timeout", "soon"], "bad duration"),
+    (["logs", "--tail", "ten"], "--tail"),
+    (["forward", "notaport"], "bad port"),
+    (["forward", "8888:70000"], "bad port"),
+])
+def test_bad_flags_are_one_line_usage_errors(ferry, args, words):
+    err = assert_one_line_error(ferry(*args), code=2)
+    assert words in err
+
+
+# -- exit codes, timeouts, waiting --------------------------------------------------------------------
+def test_timeout_kills_the_job_and_reports_124(launched, home):
+    proc = launched("run", "--timeout", "1s", "echo started; sleep 30; echo never")
+    assert proc.returncode == 124, proc.stderr
+    assert proc.stdout == "started\n"
+    (job,) = [j for j in jobs_json(launched).values() if "sleep 30" in j["command"]]
+    assert (job["state"], job["exit_code"]) == ("timed_out", 124)
+    assert not any(p for p in _job_processes(home) if "sleep 30" in p), "the timed-out command is gone"
+
+
+def _job_processes(home: Path) -> list[str]:
+    """Command lines of live processes whose cwd is inside the instance's workdir."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if str(workdir(home)) in os.readlink(entry / "cwd") and pid_alive(int(entry.name)):
+                found.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+    return found
+
+
+def test_wait_and_logs_f_exit_with_the_jobs_code(launched):
+    killed = launched.ok("run", "--detach", "mkdir -p sub; sleep 0.3; kill -9 $$").stdout.strip()
+    assert launched("wait", "-j", killed).returncode == 137
+    assert launched("logs", "-f", "-j", killed).returncode == 137
+    failing = launched.ok("run", "--detach", "--cwd", "sub", "pwd; exit 3").stdout.strip()
+    assert launched("wait").returncode == 3, "without --job: the latest job"
+    assert launched.ok("logs", "-j", failing).stdout.endswith("/proj/sub\n"), "--cwd is relative to the workdir"
+    bad_cwd = launched.ok("run", "--detach", "--cwd", "nope", "true").stdout.strip()
+    proc = launched("logs", "-f", "-j", bad_cwd)
+    assert proc.returncode == 1 and "cannot enter" in proc.stdout and "/proj/nope" in proc.stdout
+    # The job's environment is the user's: names the wrapper itself uses change nothing for it.
+    odd = ["--env", "d=1", "--env", "t=2", "--env", "JOBS=/nowhere", "--env", "child=3", "--env", "timeout=4"]
+    assert launched.ok("run", *odd, "echo $d$t$JOBS$child$timeout").stdout == "12/nowhere34\n"
+    slow = launched.ok("run", "--detach", "sleep 30").stdout.strip()
+    err = assert_one_line_error(launched("wait", "-j", slow, "--timeout", "0.5s"), code=124)
+    assert "still running" in err
+    assert jobs_json(launched)[slow]["state"] == "running", "a wait that gives up leaves the job alone"
+    launched.ok("kill", "-j", slow)
+
+
+# -- --wait-for, forward, kill ------------------------------------------------------------------------
+def test_wait_for_a_server_then_forward_its_port_then_kill_it(launched, home):
+    port = free_port()
+    local = until(lambda: (p := free_port()) != port and p)
+    server = f"echo forwarded-ok > probe.txt && exec {sys.executable} -m http.server {port} --bind 127.0.0.1"
+    proc = launched("run", "--wait-for", r"Serving HTTP on \S+ port \d+", server, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "Serving HTTP" in proc.stdout and "keeps running" in proc.stderr
+    job_id = re.search(r"job (\S+) is ready", proc.stderr).group(1)
+    assert jobs_json(launched)[job_id]["state"] == "running"
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/probe.txt", timeout=10) as reply:
+        assert reply.read() == b"forwarded-ok\n", "the server is still up after run returned"
+
+    # forward PORT:LOCALPORT until Ctrl-C
+    with popen(["forward", f"{port}:{local}"], launched.cwd, stderr=subprocess.PIPE, text=True) as fwd:
+        assert "forwarding" in fwd.stderr.readline()
+        with urllib.request.urlopen(f"http://127.0.0.1:{local}/probe.txt", timeout=10) as reply:
+            assert reply.read() == b"forwarded-ok\n"
+        fwd.send_signal(signal.SIGINT)
+        rest = fwd.stderr.read()
+        assert fwd.wait(timeout=20) == 0, rest
+        assert "Traceback" not in rest
+    assert port_is_free(local), "Ctrl-C frees the local port"
+
+    launched.ok("kill", "-j", job_id)
+    job = jobs_json(launched)[job_id]
+    assert job["state"] == "killed"
+    assert port_is_free(port), "the server itself is gone"
+
+
+def test_wait_for_fails_clearly_when_the_job_ends_or_time_runs_out(launched):
+    err = assert_one_line_error(launched("run", "--wait-for", "READY", "echo booting; exit 4"))
+    assert "failed with exit code 4" in err and "READY" in err
+    proc = launched("run", "--wait-for", "READY", "--wait-timeout", "1s", "echo booting; sleep 30")
+    err = assert_one_line_error(proc)
+    assert "within" in err and "keeps running" in err
+    assert proc.stdout == "booting\n"
+    job_id = re.search(r"job (\S+) printed no line", err).group(1)
+    assert jobs_json(launched)[job_id]["state"] == "running"
+    launched.ok("kill", "-j", job_id)
+
+
+def test_kill_takes_down_what_the_command_forked(launched, home):
+    launched.ok("run", "--detach", "sleep 300 & echo $! > child.pid; echo forked; wait")
+    pid_file = workdir(home) / "child.pid"
+    child = int(until(lambda: pid_file.exists() and pid_file.read_text().strip(), what="child.pid"))
+    assert pid_alive(child)
+    proc = launched.ok("kill")
+    assert "killed" in proc.stderr
+    until(lambda: not pid_alive(child), timeout=5, what="the forked child to die")
+    (job,) = [j for j in jobs_json(launched).values() if "child.pid" in j["command"]]
+    assert job["state"] == "killed"
+
+    # --signal NAME reaches the command itself: here Python's KeyboardInterrupt
+    handler = f"{sys.executable} -c \"import time\nprint('ready', flush=True)\ntry:\n time.sleep(60)\nexcept KeyboardInterrupt:\n print('got INT'); raise SystemExit(7)\""
+    launched.ok("run", "--wait-for", "ready", handler)
+    launched.ok("kill", "--signal", "INT")
+    assert launched.ok("logs").stdout == "ready\ngot INT\n"
+    assert launched("wait").returncode == 7
+
+
+# -- faults: the sshd restarts, the connection dies ------------------------------------------------------
+def restart_sshd(home: Path) -> None:
+    """Stop only the instance's sshd (and its connections), then start it on the same port; jobs live on."""
+    LoopbackSshd(instance_dir(home) / "sshd").stop()
+    LocalProvider(home / ".ferry" / "local").start("proj")
+
+
+def kill_connections(home: Path) -> None:
+    """SIGKILL the per-connection sshd processes (children of the listener): the ControlMaster's link dies."""
+    listener = LoopbackSshd(instance_dir(home) / "sshd").pid()
+    children = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == listener:
+                children.append(int(entry.name))
+    assert children, "the follower's connection should be served by a child of the listener"
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+N_LINES = 100
+
+
+@pytest.mark.parametrize("fault, how", [(restart_sshd, "run"), (kill_connections, "logs -f")],
+                         ids=["sshd-restart/run", "connection-killed/logs-f"])
+def test_following_resumes_at_the_exact_byte(launched, home, tmp_path, fault, how):
+    command = f"for i in $(seq 1 {N_LINES}); do echo line-$i; sleep 0.05; done; exit 3"
+    if how == "run":
+        args = ["run", command]
+    else:
+        job_id = launched.ok("run", "--detach", command).stdout.strip()
+        args = ["logs", "-f", "-j", job_id]
+    out = tmp_path / "out"
+    with open(out, "wb") as sink, popen(args, launched.cwd, stdout=sink, stderr=subprocess.PIPE) as proc:
+        until(lambda: out.read_bytes().count(b"\n") >= 10, what="the first lines")
+        fault(home)
+        _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 3, err
+    assert b"reconnecting" in err, "the fault must have hit the follower"
+    assert out.read_bytes() == b"".join(b"line-%d\n" % i for i in range(1, N_LINES + 1))
+
+
+def _follower_running(job_id: str) -> bool:
+    """Is a `ferry-job follow <id>` process running on the instance (this machine)?"""
+    needle = f"follow\0{job_id}".encode()
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and needle in (entry / "cmdline").read_bytes():
+                return True
+    return False
+
+
+def test_a_silent_follow_survives_a_drop(launched, home):
+    job_id = launched.ok("run", "--detach", "sleep 3; echo done; exit 5").stdout.strip()
+    with popen(["logs", "-f", "-j", job_id], launched.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        until(lambda: _follower_running(job_id), what="the follower on the instance")
+        kill_connections(home)  # nothing has been printed yet: the drop must still read as a drop
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 5, err
+    assert b"reconnecting" in err and out == b"done\n"
+
+
+# -- output fidelity, logs ---------------------------------------------------------------------------------
+GENERATOR = """\
+import sys
+w = sys.stdout.buffer
+w.write(b"x" * 100_000 + b"\\n"); w.flush()
+w.write(b"progress 10%\\rprogress 50%\\rprogress 100%\\r\\n"); w.flush()
+w.write(bytes(range(256))); w.flush()
+w.write("\\u00fcn\\u00efc\\u00f6d\\u00e9\\n".encode())
+w.write(b"no newline at the end")
+"""
+
+
+def test_output_comes_through_byte_for_byte(launched, home, project):
+    (project / "gen.py").write_text(GENERATOR)
+    expected = subprocess.run([sys.executable, str(project / "gen.py")], capture_output=True, check=True).stdout
+    launched.ok("sync")
+    streamed = subprocess.run([*FERRY, "run", f"{sys.executable} gen.py"], cwd=project, capture_output=True, timeout=60)
+    assert streamed.returncode == 0, streamed.stderr
+    assert streamed.stdout == expected
+    (job,) = [j for j in jobs_json(launched).values() if "gen.py" in j["command"]]
+    assert (job_dir(home, job["id"]) / "log").read_bytes() == expected, "the log on the instance is the output"
+    logs = subprocess.run([*FERRY, "logs"], cwd=project, capture_output=True, timeout=60)
+    assert logs.stdout == expected
+    tail = subprocess.run([*FERRY, "logs", "--tail", "2"], cwd=project, capture_output=True, timeout=60)
+    assert tail.stdout == b"\n".join(expected.split(b"\n")[-2:])
+
+    launched.ok("run", "for i in $(seq 1 50); do echo n$i; done")
+    assert launched.ok("logs", "--tail", "3").stdout == "n48\nn49\nn50\n"
+    assert launched.ok("logs", "-f", "--tail", "2").stdout == "n49\nn50\n"
+
+
+# -- lost, --then --------------------------------------------------------------------------------------------
+def test_a_job_whose_instance_stopped_reads_lost(launched):
+    job_id = launched.ok("run", "--detach", "--label", "long", "echo working; sleep 300").stdout.strip()
+    until(lambda: jobs_json(launched)[job_id]["state"] == "running", what="the job to run")
+    launched.ok("stop")
+    launched.ok("start")
+    job = jobs_json(launched)[job_id]
+    assert (job["state"], job["exit_code"]) == ("lost", None)
+    assert "lost" in assert_one_line_error(launched("wait", "-j", job_id))
+    assert launched("logs", "-j", job_id).stdout == "working\n", "its log is still there"
+
+
+def test_then_terminate_only_after_success_unless_then_always(launched, home, project):
+    proc = launched("run", "--then", "terminate", "echo failing; exit 3")
+    assert proc.returncode == 3
+    assert "left running" in proc.stderr
+    assert instance_dir(home).exists()
+    assert launched.ok("run", "true").returncode == 0, "still reachable"
+
+    proc = launched("run", "--then", "terminate", "--then-always", "exit 5")
+    assert proc.returncode == 5, "the job's exit code still comes back"
+    assert not instance_dir(home).exists()
+    assert json.loads((project / ".ferry" / "state.json").read_text())["instances"] == {}
+
+    launched.ok("launch")
+    proc = launched.ok("run", "--then", "terminate", "echo done")
+    assert proc.stdout == "done\n" and "terminated" in proc.stderr
+    assert not instance_dir(home).exists()
+
+
+def test_then_stop_stops_after_success(launched):
+    launched.ok("run", "--then", "stop", "echo ok")
+    assert json.loads(launched.ok("status", "--json").stdout)["status"] == "STOPPED"
+
+
+# -- many jobs, listing ----------------------------------------------------------------------------------------
+def test_two_jobs_side_by_side_keep_separate_logs(launched, home):
+    # Both wait for a "go" file (at most 10 s), then print at the same time.
+    loop = ("for t in $(seq 200); do [ -e go ] && break; sleep 0.05; done; "
+            "for i in $(seq 1 15); do echo {0}$i; sleep 0.05; done")
+    a = launched.ok("run", "--detach", "--label", "alpha", loop.format("a")).stdout.strip()
+    b = launched.ok("run", "--detach", "--label", "beta", loop.format("b") + "; exit 2").stdout.strip()
+    listed = jobs_json(launched)
+    assert listed[a]["state"] == listed[b]["state"] == "running", "both at once"
+    (workdir(home) / "go").touch()
+    assert launched("wait", "-j", a).returncode == 0
+    assert launched("wait", "-j", b).returncode == 2
+    assert launched.ok("logs", "-j", a).stdout == "".join(f"a{i}\n" for i in range(1, 16))
+    assert launched.ok("logs", "-j", b).stdout == "".join(f"b{i}\n" for i in range(1, 16))
+
+    listed = jobs_json(launched)
+    for job_id, label, state, code in ((a, "alpha", "succeeded", 0), (b, "beta", "failed", 2)):
+        job = listed[job_id]
+        assert set(job) >= {"id", "label", "command", "state", "exit_code", "started_at", "finished_at", "duration"}
+        assert (job["label"], job["state"], job["exit_code"]) == (label, state, code)
+        assert job["command"].startswith("for t in")
+        assert job["started_at"] <= job["finished_at"] and job["duration"] > 0
+    table = launched.ok("jobs").stdout
+    assert "alpha" in table and "failed (2)" in table
+
+
+# -- attach: a real terminal, driven through a local tmux ------------------------------------------------------
+class LocalTmux:
+    """A tmux server on the test's side with its own socket: a terminal to type into and read from."""
+
+    def __init__(self, home: Path):
+        self.sock = str(home / "lt.sock")
+        self.pid = None
+
+    def tmux(self, *args: str) -> str:
+        return subprocess.run(["tmux", "-f", "/dev/null", "-S", self.sock, *args],
+                              capture_output=True, text=True, timeout=10).stdout
+
+    def start(self, command: str) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "TMUX"}
+        subprocess.run(["tmux", "-f", "/dev/null", "-S", self.sock, "new-session", "-d", "-x", "150", "-y", "40",
+                        "-s", "t", command], check=True, env=env, timeout=10)
+        self.pid = int(self.tmux("display-message", "-p", "-t", "t", "#{pid}").strip())
+
+    def screen(self) -> str:
+        return self.tmux("capture-pane", "-p", "-t", "t")
+
+    def stop(self) -> None:
+        self.tmux("kill-server")
+        if self.pid and pid_alive(self.pid):
+            os.kill(self.pid, signal.SIGKILL)
+
+
+def test_attach_gives_a_real_terminal(launched, home, project):
+    job_id = launched.ok("run", "--detach", "for i in $(seq 1 600); do echo tick-$i; sleep 0.1; done").stdout.strip()
+    term = LocalTmux(home)
+    attach = f"cd {project} && {sys.executable} -m ferry attach; echo ferry-exited-$?; sleep 60"
+    try:
+        term.start(attach)
+        until(lambda: re.search(r"tick-\d+", term.screen()), what="the job's output in the attached pane")
+        term.tmux("send-keys", "-t", "t", "C-b", "d")  # tmux's own detach, typed into the remote tmux
+        until(lambda: "ferry-exited-0" in term.screen(), what="attach to return after detaching")
+        assert jobs_json(launched)[job_id]["state"] == "running", "detaching leaves the job running"
+        launched.ok("kill", "-j", job_id)
+
+        # With no live job session: a shell session in the workdir, with a real tty.
+        term.tmux("kill-session", "-t", "t")
+        term.start(attach)
+        until(lambda: "[ferry-sh" in term.screen(), what="the shell session's tmux status line")
+        term.tmux("send-keys", "-t", "t", "tty > probe.txt; echo typed-$((6*7)) >> probe.txt; exit", "Enter")
+        until(lambda: "ferry-exited-0" in term.screen(), what="attach to return after the shell exits")
+        probe = (workdir(home) / "probe.txt").read_text().splitlines()
+        assert probe[0].startswith("/dev/pts/") and probe[1] == "typed-42"
+    finally:
+        term.stop()
