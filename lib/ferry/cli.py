@@ -33,6 +33,8 @@ class FerryProgram(Program):
             super().parse_tasks()
         except ParseError as exc:
             self._usage_error(exc)
+        except ValueError as exc:  # Invoke casts flags with numeric defaults itself
+            self._usage_error(ParseError(f"bad value: {exc}"))
 
 
 program = FerryProgram(namespace=ns, name="ferry", binary="ferry", version=__version__)

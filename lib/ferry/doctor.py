@@ -82,9 +82,13 @@ def run_checks(ctx: Context | None) -> list[dict]:
 def _aws_credentials() -> bool:
     try:
         import boto3
+        import botocore.exceptions
     except ImportError:
         return False
-    return boto3.Session().get_credentials() is not None
+    try:
+        return boto3.Session().get_credentials() is not None
+    except botocore.exceptions.BotoCoreError:  # a missing profile, an expired SSO token
+        return False
 
 
 def _instance_checks(ctx: Context | None) -> list[dict]:

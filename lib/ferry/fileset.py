@@ -37,6 +37,16 @@ from typing import AbstractSet, Iterable
 from .errors import FerryError
 from .tools import require
 
+# Files that hold secrets: never sent to a rented machine, in git projects too (a .env that
+# .gitignore forgot would otherwise carry the cloud API keys ferry itself reads from it).
+# A `!pattern` line in .ferryignore sends one on purpose; `sync --credentials` is the way
+# to put secrets on an instance.
+SECRET_EXCLUDES = (
+    ".env", ".env.*", "!.env.example", "!.env.sample", "!.env.template",
+    "*.pem", "*.key", "id_rsa*", "id_ed25519*", "id_ecdsa*", "!*.pub", ".netrc", ".pypirc",
+    "credentials.json", "*service-account*.json", ".aws/", ".ssh/", ".gnupg/",
+)
+
 # Never worth shipping to a GPU box: environments, caches, build output, weights, run output, secrets.
 DEFAULT_EXCLUDES = (
     ".git/", ".ferry/", ".venv/", "venv/", ".env/", "env/", "__pycache__/", "*.pyc", "*.pyo",
@@ -44,8 +54,7 @@ DEFAULT_EXCLUDES = (
     "node_modules/", "build/", "dist/", "*.egg-info/", ".DS_Store",
     "*.pt", "*.pth", "*.ckpt", "*.safetensors", "*.bin", "*.gguf", "*.onnx",
     "wandb/", "checkpoints/", "outputs/",
-    ".env", ".env.*", "*.pem", "*.key", "id_rsa*", "id_ed25519*", "id_ecdsa*", ".netrc", ".pypirc",
-    "credentials.json", "*service-account*.json", ".aws/", ".ssh/", ".gnupg/",
+    *SECRET_EXCLUDES,
 )
 
 IGNORE_FILE = ".ferryignore"
@@ -77,6 +86,7 @@ class FileSet:
     dropped: list[str] = field(default_factory=list)
     dropped_dirs: list[str] = field(default_factory=list)
     repos: list[str] = field(default_factory=list)  # "" for the top, "sub/" for each submodule or nested repo
+    held_secrets: list[str] = field(default_factory=list)  # dropped because they look like secrets
     _rules: list[str] | None = None
     _ignored_dirs: list[str] | None = None
 
@@ -187,8 +197,8 @@ def scan(root: Path, known: AbstractSet[str] = frozenset(), known_spec: str | No
     root = Path(root)
     git = in_git(root)
     lines = _ignore_lines(root)
-    if not git:
-        lines = [*DEFAULT_EXCLUDES, *lines]
+    # Outside git the defaults stand in for .gitignore; inside, git decides but secrets stay home.
+    lines = [*(SECRET_EXCLUDES if git else DEFAULT_EXCLUDES), *lines]
     spec_hash = hashlib.sha1(("git\n" if git else "plain\n").encode() + "\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()[:16]
     spec = _spec(lines)
     trusted = known if known_spec == spec_hash else frozenset()
@@ -197,6 +207,8 @@ def scan(root: Path, known: AbstractSet[str] = frozenset(), known_spec: str | No
         _scan_git(fs, "", spec, trusted, depth=0)
     else:
         _scan_plain(fs, spec, trusted)
+    secret = _spec(list(SECRET_EXCLUDES))
+    fs.held_secrets = [p for p in [*fs.dropped, *fs.dropped_dirs] if secret.match_file(p) and spec.match_file(p)]
     return fs
 
 

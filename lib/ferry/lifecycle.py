@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+import threading
 import time
 from importlib import resources
 from typing import Callable
@@ -26,6 +27,9 @@ from .sshd import wait_for_banner
 from .state import ProjectState
 
 Log = Callable[[str], None]
+
+# Set when Ctrl-C interrupts a --count launch: worker threads see it and clean up.
+CANCEL = threading.Event()
 
 
 def _quiet(_: str) -> None:
@@ -108,8 +112,13 @@ def launch(
     created = False
     if existing is None:
         log(f"creating {provider_name} instance {name}")
-        instance = create_once(cloud, spec)
+        try:
+            instance = create_once(cloud, spec)
+        except BaseException as exc:  # Ctrl-C or a final failure: the cloud may have made it anyway
+            _clean_up_unanswered_create(cloud, name, exc, log)
+            raise
         created = True
+        _warn_about_twins(cloud, instance, log)
     elif existing.status == Status.STOPPED:
         log(f"starting stopped instance {name}")
         instance = retry.call(lambda: cloud.start(existing.id))
@@ -147,7 +156,7 @@ def launch_many(
     raised after the others finish, so none is left half-made.
     """
     import copy
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import ThreadPoolExecutor, wait
 
     base = check_name(name or (spec.name if spec else None) or config.settings(ctx).get("name") or config.project_name(ctx))
     keys.public_key(ctx)  # make ferry's key (if new) once, before the launches race for it
@@ -157,16 +166,33 @@ def launch_many(
         one.name = check_name(f"{base}-{i}")
         one.labels = {**one.labels, "ferry-group": base}
         specs.append(one)
-    with ThreadPoolExecutor(max_workers=min(count, 16)) as pool:
-        futures = [pool.submit(launch, ctx, s.name, provider, s, timeout, log, i == 0) for i, s in enumerate(specs)]
+    pool = ThreadPoolExecutor(max_workers=min(count, 16))
+    futures = [pool.submit(launch, ctx, s.name, provider, s, timeout, log, i == 0) for i, s in enumerate(specs)]
+    try:
+        wait(futures)
+    except KeyboardInterrupt:
+        # Worker threads never see Ctrl-C: tell them, and let each clean up what it created.
+        CANCEL.set()
+        log("cancelling: removing the instances this launch created")
+        wait(futures)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+        CANCEL.clear()
     results, errors = [], []
-    for future in futures:
+    for spec_, future in zip(specs, futures):
         try:
             results.append(future.result())
-        except Exception as exc:  # noqa: BLE001 - collect, then report the first
-            errors.append(exc)
+        except Exception as exc:  # noqa: BLE001 - collect, then report
+            errors.append((spec_.name, exc))
     if errors:
-        raise errors[0]
+        first = errors[0][1]
+        up = ", ".join(i.name for i in results) or "none"
+        failed = "; ".join(f"{n}: {e}" for n, e in errors)
+        if isinstance(first, FerryError):
+            first.message = f"{len(errors)} of {count} launches failed ({failed}); still running: {up}"
+            first.hint = "the failed ones were removed; run the same launch again to fill the gaps, or terminate the rest"
+        raise first
     return results
 
 
@@ -182,6 +208,32 @@ def cheapest_provider(ctx: Context | None, spec: InstanceSpec | None, log: Log =
     best = found[0]
     log(f"cheapest {spec.gpu}: {best.provider} at ${best.cost_per_hour:.2f}/h")
     return best.provider
+
+
+def _clean_up_unanswered_create(cloud, name: str, exc: BaseException, log: Log) -> None:
+    """A create that never answered may still have rented a machine: find it by name and remove it."""
+    try:
+        found = retry.call(lambda: find_by_name(cloud, name), attempts=3, budget=20)
+    except Exception as lookup_error:  # noqa: BLE001 - we cannot tell: say exactly how to check
+        hint = f"a {cloud.name} instance named {name} may exist: check with inv ls --all ({lookup_error})"
+        if isinstance(exc, FerryError):
+            exc.hint = f"{exc.hint + '; ' if exc.hint else ''}{hint}"
+        log(hint)
+        return
+    if found is not None:
+        _clean_up_failed_create(cloud, found, exc, log)
+
+
+def _warn_about_twins(cloud, instance: Instance, log: Log) -> None:
+    """If a lost response made the cloud create twice, say so with the command to remove the extra."""
+    try:
+        same = [i for i in retry.call(lambda: cloud.list()) if i.name == instance.name and i.id != instance.id
+                and i.status != Status.TERMINATED]
+    except FerryError:
+        return
+    for twin in same:
+        log(f"warning: another {cloud.name} instance is also named {instance.name} ({twin.id}); "
+            f"if it is not yours to keep: ferry terminate --provider {cloud.name} --id {twin.id} --yes")
 
 
 def _clean_up_failed_create(cloud, instance: Instance, exc: BaseException, log: Log) -> None:
@@ -200,8 +252,14 @@ def wait_until_reachable(ctx, cloud, instance: Instance, timeout: float, fresh: 
     deadline = time.monotonic() + timeout
     delay = 0.2
     while instance.status != Status.RUNNING or instance.ssh is None:
+        if CANCEL.is_set():
+            raise FerryError(f"launch of {instance.name} cancelled")
         if instance.status in (Status.ERROR, Status.TERMINATED):
-            raise FerryError(f"instance {instance.name} entered state {instance.status.value} while starting")
+            raise FerryError(
+                f"instance {instance.name} entered state {instance.status.value} while starting",
+                hint=f"remove it and try again: inv terminate --name {instance.name} --yes "
+                     f"(or --provider {cloud.name} --id {instance.id})",
+            )
         if time.monotonic() > deadline:
             raise FerryError(
                 f"instance {instance.name} did not become reachable within {timeout:.0f}s",
@@ -229,7 +287,7 @@ def wait_until_reachable(ctx, cloud, instance: Instance, timeout: float, fresh: 
             remote.check(timeout=30)
             return instance
         except SSHError as exc:
-            if "host key" in exc.message or time.monotonic() > deadline:
+            if "host key" in exc.message or time.monotonic() > deadline or CANCEL.is_set():
                 raise
             time.sleep(1.0)
 

@@ -33,13 +33,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
 
 
 def age(since: float | None) -> str:
-    if not since:
-        return "-"
-    seconds = max(0, int(time.time() - since))
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}m"
-    if seconds < 172800:
-        return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
-    return f"{seconds // 86400}d"
+    """How long ago ``since`` (epoch seconds) was, the way the duration flags spell it."""
+    from .durations import human
+
+    return human(max(0.0, time.time() - since)) if since else "-"

@@ -165,13 +165,19 @@ class Remote:
         stdout: int | IO | None = subprocess.PIPE,
     ) -> subprocess.CompletedProcess:
         """Run a shell command string (callers quote every value with shlex.quote)."""
-        proc = subprocess.run(
-            self.ssh_argv() + [command],
-            input=input if input is not None else b"",
-            stdout=stdout,
-            stderr=subprocess.PIPE,
-            timeout=timeout,
-        )
+        try:
+            proc = subprocess.run(
+                self.ssh_argv() + [command],
+                input=input if input is not None else b"",
+                stdout=stdout,
+                stderr=subprocess.PIPE,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            raise SSHError(
+                f"{self.instance.name} did not answer within {timeout:.0f}s",
+                hint=f"check it is running: inv status --name {self.instance.name}",
+            ) from None
         if proc.returncode == 255:
             raise self.classify_failure(proc.stderr.decode(errors="replace"))
         if check and proc.returncode != 0:
@@ -246,6 +252,14 @@ class Remote:
         )
         conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
         conn.client.load_host_keys(str(known_hosts_path()))
+        # The pin is filed under the provider's address (HostKeyAlias for OpenSSH); when ssh_config
+        # renames the host, paramiko looks under the new name, so file the same key there too.
+        host_keys = conn.client.get_host_keys()
+        pinned = host_keys.lookup(self.endpoint.known_hosts_name)
+        actual = conn.host if conn.port == 22 else f"[{conn.host}]:{conn.port}"
+        if pinned and actual != self.endpoint.known_hosts_name:
+            for key_type, key in pinned.items():
+                host_keys.add(actual, key_type, key)
         ssh_conf = conn.ssh_config or {}
         if not (ssh_conf.get("proxyjump") or ssh_conf.get("proxycommand")):
             sock = socket.create_connection((conn.host, conn.port), timeout=15)

@@ -7,7 +7,7 @@ in lifecycle.py and remote.py; a provider only translates.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol, runtime_checkable
+from typing import Any, Callable, Mapping, Protocol, TypeVar, runtime_checkable
 
 from ..errors import FerryError
 from ..instance import Instance, InstanceSpec
@@ -61,6 +61,24 @@ class Provider(Protocol):
     def stop(self, instance_id: str) -> Instance: ...
     def terminate(self, instance_id: str) -> None: ...  # idempotent: gone is fine
     def offers(self, gpu: str | None, count: int) -> list[Offer]: ...
+
+
+T = TypeVar("T")
+
+
+def translated(translate: Callable[[Exception, str], Exception], what: str, fn: Callable[..., T], *args, **kwargs) -> T:
+    """Call an SDK function; turn its exceptions into ferry's through the provider's one ``translate``.
+
+    ``translate`` returns the exception itself for anything it does not
+    recognise, which is re-raised untouched (a bug should keep its traceback).
+    """
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - translated in one place, re-raised
+        mapped = translate(exc, what)
+        if mapped is exc:
+            raise
+        raise mapped from None
 
 
 def unsupported(provider: str, verb: str, hint: str | None = None) -> FerryError:

@@ -53,7 +53,7 @@ from .. import config, gpus
 from ..errors import ConfigError, ProviderError, TransientError
 from ..instance import Instance, InstanceSpec, SSHEndpoint, Status
 from . import ec2_prices
-from .base import OFFERS, OWNED, SPOT, STOP, Offer
+from .base import OFFERS, OWNED, SPOT, STOP, Offer, translated
 
 T = TypeVar("T")
 
@@ -102,7 +102,8 @@ def _translate(exc: Exception, what: str) -> Exception:
     """The one place botocore failures become ferry's errors."""
     from botocore.exceptions import (
         ClientError, ConnectionClosedError, ConnectTimeoutError, EndpointConnectionError, HTTPClientError,
-        NoCredentialsError, NoRegionError, PartialCredentialsError, ReadTimeoutError,
+        NoCredentialsError, NoRegionError, PartialCredentialsError, ProfileNotFound, ReadTimeoutError,
+        SSOTokenLoadError, TokenRetrievalError,
     )
 
     if isinstance(exc, ClientError):
@@ -123,6 +124,9 @@ def _translate(exc: Exception, what: str) -> Exception:
                                 "or configure a profile: aws configure")
     if isinstance(exc, NoRegionError):
         return ConfigError("no AWS region for ec2", hint="set ferry.providers.ec2.region, or pass --region")
+    if isinstance(exc, (ProfileNotFound, TokenRetrievalError, SSOTokenLoadError)):
+        return ConfigError(f"AWS credentials for ec2 are not usable: {exc}",
+                           hint="check AWS_PROFILE (aws configure list), or log in again: aws sso login")
     if isinstance(exc, (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError, ConnectTimeoutError,
                         HTTPClientError)):
         return TransientError(f"EC2 {what} failed: {type(exc).__name__}")
@@ -168,22 +172,20 @@ class EC2Provider:
                 raise ConfigError("the ec2 provider needs the boto3 package",
                                   hint="install it: pip install 'ferry[aws]'") from exc
             _quiet_sdk_logs()
-            session = boto3.session.Session(region_name=region)
-            self._clients[(service, region)] = session.client(
-                service, endpoint_url=self.settings.get("endpoint_url") or None,
-                config=Config(retries={"total_max_attempts": 1, "mode": "standard"},
-                              connect_timeout=10, read_timeout=60),
-            )
+
+            def make():
+                session = boto3.session.Session(region_name=region)  # raises for a missing profile
+                return session.client(
+                    service, endpoint_url=self.settings.get("endpoint_url") or None,
+                    config=Config(retries={"total_max_attempts": 1, "mode": "standard"},
+                                  connect_timeout=10, read_timeout=60),
+                )
+
+            self._clients[(service, region)] = self._call("set up the AWS client", make)
         return self._clients[(service, region)]
 
     def _call(self, what: str, fn: Callable[..., T], *args, **kwargs) -> T:
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - translated in one place, re-raised
-            translated = _translate(exc, what)
-            if translated is exc:
-                raise
-            raise translated from None
+        return translated(_translate, what, fn, *args, **kwargs)
 
     def _id(self, instance_id: str, region: str) -> str:
         return instance_id if region == self.region else f"{region}/{instance_id}"

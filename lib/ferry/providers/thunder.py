@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from .. import config, gpus
-from ..errors import ConfigError, FerryError, NoInstanceError, TransientError, UsageError
+from ..errors import ConfigError, FerryError, NoInstanceError, TransientError, UsageError, ProviderError
 from ..instance import Instance, InstanceSpec, SSHEndpoint, Status
 from ..state import write_atomic
 from ..thunder_api import NotFound, ThunderAPI
@@ -259,11 +259,12 @@ class ThunderProvider:
         self._note_pending(spec, body)
         try:
             created = self.api.create(body)
-        except TransientError:
-            raise  # the instance may exist: the pending claim lets list() find it by name
-        except BaseException:
-            self._drop_pending(spec.name)
+        except ProviderError as exc:
+            if not isinstance(exc, TransientError):
+                self._drop_pending(spec.name)  # a definite refusal: nothing was made
             raise
+        # Anything else (a transient failure, Ctrl-C mid-request) may have made the instance:
+        # the pending claim stays, so list() can still find it by name.
         iid = created["identifier"]
         self._record(iid, created.get("uuid"), spec.name, spec.labels)
         return Instance(

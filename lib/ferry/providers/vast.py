@@ -39,7 +39,7 @@ from typing import Any, Callable, Mapping, TypeVar
 from .. import gpus
 from ..errors import ConfigError, ProviderError, TransientError
 from ..instance import Instance, InstanceSpec, SSHEndpoint, Status
-from .base import OFFERS, OWNED, SPOT, STOP, Offer
+from .base import OFFERS, OWNED, SPOT, STOP, Offer, translated
 
 T = TypeVar("T")
 
@@ -144,13 +144,7 @@ class VastProvider:
         return self._client
 
     def _call(self, what: str, fn: Callable[..., T], *args, **kwargs) -> T:
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - translated in one place, re-raised
-            translated = _translate(exc, what)
-            if translated is exc:
-                raise
-            raise translated from None
+        return translated(_translate, what, fn, *args, **kwargs)
 
     @property
     def ssh_user(self) -> str:

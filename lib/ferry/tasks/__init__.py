@@ -15,6 +15,8 @@ Tasks stay thin: they parse flags, call the library, print.
 
 from __future__ import annotations
 
+import logging
+
 from invoke import Collection
 
 from ..config import DEFAULTS
@@ -27,3 +29,13 @@ for module in (instances, files, jobs, clouds, thunder):
 ns.configure({"ferry": DEFAULTS})
 
 __all__ = ["ns"]
+
+
+class _NoConfigDumps(logging.Filter):
+    """Invoke's --debug prints every config layer it loads, ``ferry.env`` values included; those may be secrets."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.module not in ("config", "env")
+
+
+logging.getLogger("invoke").addFilter(_NoConfigDumps())

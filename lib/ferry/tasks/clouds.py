@@ -12,10 +12,15 @@ doctor_lib = lazy("ferry.doctor")
 @ferry_task(help={"gpu": "GPU alias (H100, A100, RTX4090, ...) or a provider's exact id",
                   "count": "GPUs per instance", "spot": "spot/interruptible offers instead of on-demand",
                   "json": "print one JSON document"})
-def offers(c, gpu=None, count=1, spot=False, json=False):
+def offers(c, gpu=None, count=None, spot=False, json=False):
     """Prices for a GPU across the configured clouds, cheapest first."""
     from ..gpus import alias_for
 
+    from ..errors import UsageError
+
+    count = 1 if count is None else count
+    if not str(count).isdigit() or int(count) < 1:
+        raise UsageError(f"--count must be a positive whole number, not {count!r}")
     skipped: dict[str, str] = {}
     found = offers_lib.collect(c, gpu, int(count), spot=spot, skipped=skipped)
     if json:

@@ -51,7 +51,7 @@ LAUNCH_HELP = {
     "max-price": "highest $/hour per GPU to bid for spot",
     "region": "region or data centre",
     "count": "launch N instances named <name>-0 .. <name>-N-1",
-    "launch-timeout": "seconds to wait until the instance answers ssh; then it is terminated",
+    "launch-timeout": "how long to wait until the instance answers ssh (600, 90s, 10m); then it is terminated",
     "json": "print one JSON document",
 }
 
@@ -94,7 +94,9 @@ def launch(c, name=None, provider=None, gpu=None, gpu_count=None, image=None, di
            spot=False, max_price=None, region=None, count=None, launch_timeout=None, json=False):
     """Create, start or reuse an instance (or --count of them) and make it the project's current one."""
     spec = build_spec(name, provider, gpu, gpu_count, image, disk, volume, ports, spot, max_price, region)
-    timeout = float(launch_timeout) if launch_timeout else None
+    from ..durations import parse
+
+    timeout = parse(launch_timeout, "--launch-timeout")
     if count is not None and str(count) != "1":
         if not str(count).isdigit() or int(count) < 1:
             raise UsageError(f"--count must be a positive whole number, not {count!r}")

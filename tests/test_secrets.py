@@ -1,0 +1,62 @@
+"""Secrets stay home: sync never ships them, --debug never prints them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from .conftest import git
+
+KEY = "rpa_TOPSECRET_0123456789"
+
+
+def remote_workdir(ferry) -> Path:
+    return Path(json.loads(ferry.ok("status", "--json").stdout)["workdir_root"]) / "proj"
+
+
+def test_secret_files_stay_home_in_a_git_project(launched, project):
+    (project / ".env").write_text(f"RUNPOD_API_KEY={KEY}\n")  # not in .gitignore: git would list it
+    (project / ".env.example").write_text("RUNPOD_API_KEY=\n")
+    (project / "deploy.pem").write_text("-----BEGIN PRIVATE KEY-----\n")
+    (project / "keys").mkdir()
+    (project / "keys" / "id_ed25519").write_text("private\n")
+    (project / "keys" / "id_ed25519.pub").write_text("ssh-ed25519 AAAA public\n")
+    git(project, "add", "deploy.pem")  # even a tracked one stays home
+    proc = launched.ok("sync")
+    workdir = remote_workdir(launched)
+    for secret in (".env", "deploy.pem", "keys/id_ed25519"):
+        assert not (workdir / secret).exists(), secret
+    assert (workdir / ".env.example").exists() and (workdir / "keys" / "id_ed25519.pub").exists()
+    assert (workdir / "train.py").exists()
+    assert KEY not in proc.stdout + proc.stderr
+
+
+def test_ferryignore_negation_sends_a_secret_on_purpose(launched, project):
+    (project / ".env").write_text("WANDB_MODE=offline\n")
+    (project / ".ferryignore").write_text("!.env\n")
+    launched.ok("sync")
+    assert (remote_workdir(launched) / ".env").read_text() == "WANDB_MODE=offline\n"
+
+
+def test_debug_output_never_shows_configured_env_values(project, home):
+    (project / "tasks.py").write_text("from ferry.tasks import ns\n")
+    (project / "invoke.yaml").write_text(f"ferry:\n  env:\n    WANDB_API_KEY: {KEY}\n")
+    inv = Path(sys.executable).with_name("inv")
+    proc = subprocess.run([str(inv), "--debug", "ls"], cwd=project, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "invoke" in proc.stderr  # debug logging really was on
+    assert KEY not in proc.stdout + proc.stderr
+
+
+def test_a_command_that_outlives_its_timeout_is_one_clean_error(launched):
+    import pytest
+
+    from ferry import config, lifecycle
+    from ferry.errors import SSHError
+    from ferry.remote import Remote
+
+    ctx = config.make_context()
+    with pytest.raises(SSHError, match="did not answer within"):
+        Remote(ctx, lifecycle.resolve(ctx)).run("sleep 5", timeout=0.5)
