@@ -31,6 +31,7 @@ def test_secret_files_stay_home_in_a_git_project(launched, project):
     assert (workdir / ".env.example").exists() and (workdir / "keys" / "id_ed25519.pub").exists()
     assert (workdir / "train.py").exists()
     assert KEY not in proc.stdout + proc.stderr
+    assert "held back 3 files that look like secrets (.env, deploy.pem, keys/id_ed25519)" in proc.stderr
 
 
 def test_ferryignore_negation_sends_a_secret_on_purpose(launched, project):

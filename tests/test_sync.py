@@ -237,7 +237,7 @@ def test_download_keeps_newer_backs_up_replaced_and_force_still_backs_up(launche
     proc = launched.ok("download", "--backup-dir", "bk1")
     assert (project / "results" / "newer.txt").read_text() == "local edit\n"
     assert (project / "results" / "older.txt").read_text() == "remote older.txt\n"
-    assert (project / "bk1" / "results" / "older.txt").read_text() == "local old\n"
+    assert [b.read_text() for b in (project / "bk1").glob("*/results/older.txt")] == ["local old\n"]
     assert (project / "results" / "same.txt").read_text() == "remote same.txt\n"
     assert (project / "results" / "local-only.txt").read_text() == "mine\n"
     assert "kept newer local file: results/newer.txt" in proc.stderr
@@ -268,6 +268,121 @@ def test_download_default_excludes_all_include_and_exclude(launched, project, ho
     assert (project / "checkpoints" / "best.pt").exists()
     launched.ok("download", "--all")
     assert (project / "__pycache__" / "x.pyc").exists() and (project / "debug.txt").exists()
+
+
+def test_downloads_into_the_same_backup_dir_keep_every_original(launched, project, home):
+    """Each download backs up into a new <stamp>/ of its own, under --backup-dir or .ferry/backups/."""
+    wd = workdir_of(home)
+    (wd / "results").mkdir(parents=True)
+    (project / "results").mkdir()
+    past = time.time() - 3600
+
+    def replace(n: int, *flags: str) -> str:
+        (wd / "results" / "m.json").write_text(f"remote {n}\n")
+        (project / "results" / "m.json").write_text(f"original {n}\n")
+        os.utime(project / "results" / "m.json", (past, past))
+        proc = launched.ok("download", *flags)
+        assert (project / "results" / "m.json").read_text() == f"remote {n}\n"
+        return proc.stderr
+
+    first, second = replace(1, "--backup-dir", "bk"), replace(2, "--backup-dir", "bk")
+    replace(3), replace(4)  # the default place, often within the same second
+    kept = sorted((p.read_text(), p.parent.parent.name) for p in (project / "bk").glob("*/results/m.json"))
+    assert [text for text, _ in kept] == ["original 1\n", "original 2\n"]
+    assert f"backed up 1 replaced file in bk/{kept[0][1]}" in first  # the summary says where
+    assert f"backed up 1 replaced file in bk/{kept[1][1]}" in second
+    defaults = sorted(p.read_text() for p in (project / ".ferry" / "backups").glob("*/results/m.json"))
+    assert defaults == ["original 3\n", "original 4\n"]
+
+
+# -- a run's outputs are never overwritten --------------------------------------------------------------
+def test_sync_after_a_mid_run_download_keeps_the_jobs_final_output(launched, project, home):
+    """run --detach writes v1; download mid-run; the job writes v2; sync must not put v1 back over it."""
+    wd = workdir_of(home)
+    launched.ok("sync")
+    job = ('mkdir -p logs && echo "v1 partial" > logs/metrics.json && i=0; '
+           'while [ ! -e go ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; '
+           'echo "v2 final, much longer" > logs/metrics.json && touch done')
+    launched.ok("run", "--detach", job)
+    wait_until(lambda: (wd / "logs" / "metrics.json").exists(), what="the job's first write")
+    launched.ok("download")
+    assert (project / "logs" / "metrics.json").read_text() == "v1 partial\n"  # not ignored: in the file set
+    (wd / "go").write_text("")
+    wait_until(lambda: (wd / "done").exists(), what="the job's final write")
+
+    preview = launched.ok("sync", "--dry-run")  # the whole-tree path agrees
+    assert "send logs/metrics.json" not in preview.stdout.splitlines()
+    assert "would keep the instance's copy of logs/metrics.json" in preview.stderr
+
+    proc = launched.ok("sync")
+    assert (wd / "logs" / "metrics.json").read_text() == "v2 final, much longer\n"
+    assert "kept the instance's copy of logs/metrics.json: ferry never sent it" in proc.stderr
+    assert "replaced" not in proc.stderr and not (home / ".ferry/local/proj/home/.ferry/replaced").exists()
+    again = launched.ok("sync")  # remembered: no network, no second report until the local copy changes
+    assert "synced 0 files" in again.stderr and "kept" not in again.stderr
+    launched.ok("download")
+    assert (project / "logs" / "metrics.json").read_text() == "v2 final, much longer\n"
+
+
+def test_files_ferry_sent_still_update_and_what_they_replace_is_kept_remotely(launched, project, home):
+    wd = workdir_of(home)
+    replaced = home / ".ferry" / "local" / "proj" / "home" / ".ferry" / "replaced"
+    second = int(time.time()) * 10**9
+    os.utime(project / "src" / "model.py", ns=(second + 100, second + 100))
+    launched.ok("sync")
+    (wd / "train.py").write_text("a job rewrote this\n")  # ferry sent it: a local edit still wins, kept aside
+    (project / "train.py").write_text("print('v2')\n")
+    (project / "src" / "model.py").write_text("WEIGHTS = 2\n")  # the plain edit-code loop: same size,
+    os.utime(project / "src" / "model.py", ns=(second + 200, second + 200))  # same second (rsync compares seconds)
+    (project / "fresh.py").write_text("new here\n")  # never sent, and not on the instance: sent now
+    proc = launched.ok("sync")
+    assert (wd / "train.py").read_text() == "print('v2')\n"
+    assert (wd / "src" / "model.py").read_text() == "WEIGHTS = 2\n"
+    assert (wd / "fresh.py").read_text() == "new here\n"
+    [stamp] = list(replaced.iterdir())
+    assert (stamp / "train.py").read_text() == "a job rewrote this\n"
+    assert (stamp / "src" / "model.py").read_text() == "WEIGHTS = 1\n"
+    assert not (stamp / "fresh.py").exists()
+    assert f"replaced 2 files on the instance, previous copies in {stamp}" in proc.stderr
+    assert "kept" not in proc.stderr
+    (project / "fresh.py").write_text("edited\n")  # ferry sent it last time: now an ordinary update
+    launched.ok("sync")
+    assert (wd / "fresh.py").read_text() == "edited\n"
+    assert sorted((p / "fresh.py").read_text() for p in replaced.iterdir() if (p / "fresh.py").exists()) == [
+        "new here\n"]
+
+
+def test_whole_tree_paths_keep_what_ferry_never_sent(launched, project, home, monkeypatch):
+    """--full and a large change (the tree walks) keep the same rule as the short list."""
+    from ferry import config, lifecycle, sync
+
+    wd = workdir_of(home)
+    launched.ok("sync")
+    (wd / "made-there.txt").write_text("the instance's\n")
+    (project / "made-there.txt").write_text("mine\n")
+    (wd / "train.py").write_text("a job rewrote this\n")
+    proc = launched.ok("sync", "--full")
+    assert (wd / "made-there.txt").read_text() == "the instance's\n"
+    assert (wd / "train.py").read_text() == "print('training')\n"  # ferry sent it: --full puts it back
+    assert "kept the instance's copy of made-there.txt" in proc.stderr and "replaced 1 file" in proc.stderr
+    assert [(p / "train.py").read_text() for p in (wd.parent / ".ferry" / "replaced").iterdir()] == [
+        "a job rewrote this\n"]
+
+    monkeypatch.setattr(sync, "LIST_LIMIT", 1)  # every change now takes the tree walks
+    (wd / "out").mkdir()
+    (wd / "out" / "a.json").write_text("the instance's\n")
+    (project / "out").mkdir()
+    for name in ("a.json", "b.json", "c.json"):
+        (project / "out" / name).write_text("mine\n")
+    (project / "src" / "model.py").write_text("WEIGHTS = 3\n")
+    ctx = config.make_context()
+    result = sync.sync_up(ctx, lifecycle.resolve(ctx), progress=False)
+    assert result.how == "changes" and result.kept_unsent == ["made-there.txt", "out/a.json"]
+    assert (wd / "out" / "a.json").read_text() == "the instance's\n"
+    assert (wd / "out" / "b.json").read_text() == "mine\n" and (wd / "src" / "model.py").read_text() == "WEIGHTS = 3\n"
+    (wd / "made-there.txt").unlink()  # removed there: the next full compare sends ours
+    launched.ok("sync", "--full")
+    assert (wd / "made-there.txt").read_text() == "mine\n"
 
 
 # -- credentials ------------------------------------------------------------------------------------------
@@ -491,3 +606,17 @@ def test_progress_bar_on_a_terminal_keeps_the_summary_right(launched, project, h
     assert (result.files, result.bytes) == (2, 24 * (1 << 20) + 2)
     assert "%" in err and "\r" in err and err.endswith("\r\x1b[K")  # drawn, then wiped
     assert (workdir_of(home) / "big.dat").stat().st_size == 24 * (1 << 20)
+
+
+def test_backups_of_replaced_files_stay_bounded(launched, project, home):
+    from ferry.sync import KEEP_REPLACED
+
+    launched.ok("sync")
+    replaced = home / ".ferry" / "local" / "proj" / "home" / ".ferry" / "replaced"
+    for i in range(KEEP_REPLACED + 3):
+        (project / "train.py").write_text(f"print({i})\n" + "#" * i)
+        launched.ok("sync")
+    stamps = sorted(p.name for p in replaced.iterdir())
+    assert len(stamps) <= KEEP_REPLACED + 1  # the newest ten survive a prune, plus the one being made
+    newest = replaced / stamps[-1] / "train.py"
+    assert newest.read_text() == f"print({KEEP_REPLACED + 1})\n" + "#" * (KEEP_REPLACED + 1)

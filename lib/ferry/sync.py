@@ -16,11 +16,22 @@ Up, fastest path first:
 
 Nothing on the instance is ever deleted unless ferry sent it and it is gone
 locally (``--delete=never`` turns even that off); rsync never runs with
-``--delete``.
+``--delete``. A run's outputs (any remote file ferry never sent) are never
+replaced either: only files in the instance's record of what ferry sent go
+the ordinary way; every other file goes with ``--ignore-existing``, so a
+copy the instance already has is kept and reported, never overwritten (else
+``download`` mid-run, then ``sync``, would put the stale copy back over the
+job's final one). Such kept files are remembered beside the local record
+(``<key>.kept.json``, tied to its token) with their local stat, so a no-op
+stays free of network and each is reported once per local change. Whatever
+a sync does replace remotely is first moved aside by rsync's ``--backup``
+into ``~/.ferry/replaced/<stamp>/`` on the instance.
 
 Down: rsync from the workdir (or named paths) that never deletes a local
 file, keeps a local file that is newer, and replaces an older one only after
-keeping its previous content under ``.ferry/backups/<timestamp>/``.
+keeping its previous content under ``.ferry/backups/<stamp>/`` (or
+``<--backup-dir>/<stamp>/``): a new directory per download, so no backup
+ever overwrites an earlier one.
 
 Every transfer shows a progress bar on a terminal once it has run a second,
 and every call returns a SyncResult whose summary says files, bytes, seconds.
@@ -28,6 +39,7 @@ and every call returns a SyncResult whose summary says files, bytes, seconds.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -37,7 +49,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable, Sequence
+from typing import AbstractSet, Callable, Iterable, Sequence
 
 from invoke import Context
 
@@ -49,6 +61,7 @@ from .lifecycle import workdir
 from .manifest import (LocalRecord, ManifestChanged, NoPython, RemoteManifest, cache_path, local_key, new_token,
                        remote_key)
 from .remote import Remote
+from .state import write_atomic
 from .tools import require, which
 
 __all__ = ["sync_up", "download", "report", "SyncResult", "DEFAULT_EXCLUDES", "DELETE_MODES", "in_git", "exclude_rules"]
@@ -58,6 +71,10 @@ LIST_LIMIT = 1000  # changed files sent as an explicit list; more than this and 
 RSYNC_FLAGS = ["-rlpt", "--protect-args", "--stats"]
 ALWAYS_EXCLUDE_DOWN = ("/.ferry/", ".git")  # never pulled, even with --all
 CONNECTION_EXITS = {10, 12, 30, 35, 255}  # socket I/O, protocol stream, timeouts, ssh itself
+REPLACED_DIR = ".ferry/replaced"  # on the instance, under its home: what a sync replaced, one dir per sync
+KEEP_REPLACED = 10  # the newest backup dirs kept there; older ones go (they would grow without bound)
+ITEM_FORMAT = "--out-format=%i %n"
+ITEM = re.compile(r"([<>ch.*][fdLDS][^ ]{9}) (.*)\Z", re.S)
 Log = Callable[[str], None]
 
 in_git = fileset.in_git
@@ -75,6 +92,9 @@ class SyncResult:
     seconds: float = 0.0
     deleted: list[str] = field(default_factory=list)
     kept_remote: list[str] = field(default_factory=list)  # sent before, changed on the instance since: kept
+    kept_unsent: list[str] = field(default_factory=list)  # up: never sent by ferry, the instance has its own copy
+    replaced: list[str] = field(default_factory=list)  # up: remote files replaced, previous copy in replaced_dir
+    replaced_dir: str | None = None  # up: absolute path on the instance
     skipped: list[str] = field(default_factory=list)  # download: newer local files kept
     backed_up: list[str] = field(default_factory=list)  # download: local files replaced, previous copy kept
     received: list[str] = field(default_factory=list)
@@ -87,10 +107,21 @@ class SyncResult:
 
     def summary(self, verb: str) -> str:
         text = f"{verb} {self.files} file{_s(self.files)} ({_human(self.bytes)}) in {self.seconds:.3f}s"
+        held = sorted(self.fileset.held_secrets) if self.fileset is not None else []
+        if held:
+            names = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
+            text += (f"; held back {len(held)} file{_s(held)} that look{'s' if len(held) == 1 else ''} like secrets "
+                     f"({names}): a !pattern in .ferryignore sends one")
         if self.deleted:
             text += f"; {'would delete' if self.dry_run else 'deleted'} {len(self.deleted)} on the instance"
         if self.kept_remote:
             text += f"; kept {len(self.kept_remote)} remote file{_s(self.kept_remote)} changed there since ferry sent it"
+        if self.kept_unsent:
+            text += (f"; {'would keep' if self.dry_run else 'kept'} the instance's copy of {len(self.kept_unsent)} "
+                     f"file{_s(self.kept_unsent)} ferry never sent")
+        if self.replaced and not self.dry_run:
+            text += (f"; replaced {len(self.replaced)} file{_s(self.replaced)} on the instance, previous "
+                     f"cop{'y' if len(self.replaced) == 1 else 'ies'} in {self.replaced_dir}")
         if self.skipped:
             text += f"; kept {len(self.skipped)} newer local file{_s(self.skipped)}"
         if self.backed_up:
@@ -110,6 +141,45 @@ def _human(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GB"
+
+
+def _stamp() -> str:
+    """A name for one run's backups: sorts by time (to the microsecond), and pid plus random make it unique."""
+    now = time.time()
+    return f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}.{int(now % 1 * 1e6):06d}-{os.getpid()}-" \
+           f"{os.urandom(2).hex()}"
+
+
+def _unescape(name: str) -> str:
+    """A name as rsync prints it (``\\#ooo`` for control and non-ASCII bytes) back to the real one."""
+    if "\\#" not in name:
+        return name
+    raw = re.sub(rb"\\#([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), name.encode("utf-8", "surrogateescape"))
+    return raw.decode("utf-8", "surrogateescape")
+
+
+@dataclass
+class _Sent:
+    """What one or more upload rsyncs did, from their ``--stats`` and ``%i %n`` lines."""
+
+    files: int = 0
+    bytes: int = 0
+    sent: list[str] = field(default_factory=list)  # files and links sent (or, in a dry run, that would be)
+    replaced: list[str] = field(default_factory=list)  # of those, the ones that replaced a remote file
+    tried_new: set[str] = field(default_factory=set)  # sent with --ignore-existing (ferry never sent them)
+    kept: list[str] = field(default_factory=list)  # of those, the ones not sent: the instance has its own copy
+
+    def add(self, out: str) -> None:
+        files, size = _parse_stats(out)
+        self.files, self.bytes = self.files + files, self.bytes + size
+        for line in out.split("\n"):
+            m = ITEM.match(line.rstrip("\r"))
+            if not m or m.group(1)[0] not in "<c" or m.group(1)[1] == "d":
+                continue
+            name = _unescape(m.group(2))
+            self.sent.append(name)
+            if m.group(1)[2:] != "+" * 9:  # (a file that became a link shows as new: not counted, still backed up)
+                self.replaced.append(name)
 
 
 def _parse_stats(text: str) -> tuple[int, int]:
@@ -241,6 +311,26 @@ def _gnu_tar() -> str | None:
 
 
 # -- up --------------------------------------------------------------------------------------------
+def _skip_rules(skip: Iterable[str], files: AbstractSet[str]) -> list[str]:
+    """Anchored excludes for ``skip``: a directory holding none of the other ``files`` goes as one rule."""
+    skip = list(skip)
+    if not skip:
+        return []
+    busy: set[str] = set()  # every directory holding one of the other files
+    for path in set(files).difference(skip):
+        i = path.find("/")
+        while i > 0:
+            busy.add(path[:i])
+            i = path.find("/", i + 1)
+    rules: dict[str, None] = {}
+    for path in skip:
+        i = path.find("/")
+        while i > 0 and path[:i] in busy:
+            i = path.find("/", i + 1)
+        rules["/" + fileset.rsync_literal(path[:i]) + "/" if i > 0 else "/" + fileset.rsync_literal(path)] = None
+    return list(rules)
+
+
 class _Up:
     """One upload: the scan, the local record, the instance's record, and the transfers between them."""
 
@@ -253,13 +343,37 @@ class _Up:
         self.delete = delete
         self.progress = progress
         self.record = LocalRecord.load(cache_path(self.project, local_key(instance, self.target)))
+        self.kept = self._load_kept()
         self.manifest = RemoteManifest(self.remote, self.target, remote_key(config.project_name(ctx), self.target))
-        self.fs: FileSet = fileset.scan(self.project, self.record.files.keys() if self.record.valid else frozenset(),
-                                        self.record.spec_hash)
+        known: AbstractSet[str] = frozenset()
+        if self.record.valid:
+            known = self.record.files.keys() | self.kept.keys() if self.kept else self.record.files.keys()
+        self.fs: FileSet = fileset.scan(self.project, known, self.record.spec_hash)
+        home = (instance.remote_home or str(PurePosixPath(self.target).parent)).rstrip("/")
+        self.replaced_dir = f"{home}/{REPLACED_DIR}/{_stamp()}"
 
     @property
     def rsync_path(self) -> str:
-        return f"mkdir -p {shlex.quote(self.target)} && rsync"
+        """The remote rsync, after making the workdir and pruning all but the newest backups of replaced files."""
+        replaced_root = shlex.quote(str(PurePosixPath(self.replaced_dir).parent))
+        prune = f"(cd {replaced_root} 2>/dev/null && ls -1 | head -n -{KEEP_REPLACED} | xargs -r -d '\\n' rm -rf --)"
+        return f"mkdir -p {shlex.quote(self.target)} && {{ {prune}; true; }} && rsync"
+
+    @property
+    def _kept_path(self) -> Path:
+        return self.record.path.with_name(self.record.path.stem + ".kept.json")
+
+    def _load_kept(self) -> dict[str, Stat]:
+        """Files the instance had its own copy of at the last sync, with their local stat then (see the docstring)."""
+        if not self.record.valid:
+            return {}
+        try:
+            data = json.loads(self._kept_path.read_text(encoding="utf-8", errors="surrogateescape"))
+            if data.get("token") != self.record.token:
+                return {}
+            return {k: tuple(v) for k, v in data["files"].items()}  # type: ignore[misc]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return {}  # missing or unreadable: those files are simply offered again, with --ignore-existing
 
     def _split(self, previously: dict[str, Stat]) -> tuple[dict[str, Stat], dict[str, Stat]]:
         """(to delete remotely, to keep listing as sent): only files gone from the local disk count as deleted."""
@@ -268,35 +382,63 @@ class _Up:
             return {}, gone
         return gone, {}
 
-    def _commit(self, token: str, extra: dict[str, Stat]) -> None:
+    def _sent(self, kept: AbstractSet[str], extra: dict[str, Stat]) -> dict[str, Stat]:
+        """The instance's new record: the file set less what it kept of its own, plus ``extra``."""
+        files = {p: s for p, s in self.fs.files.items() if p not in kept} if kept else self.fs.files
+        return {**files, **extra}
+
+    def _commit(self, token: str, extra: dict[str, Stat], kept: dict[str, Stat]) -> None:
+        """Save the local record (the kept list first: a crash between the two leaves it stale, so ignored)."""
         rec = self.record
-        rec.token, rec.spec_hash, rec.files, rec.extra = token, self.fs.spec_hash, self.fs.files, extra
+        if kept:
+            body = {"token": token, "files": kept}
+            write_atomic(self._kept_path, json.dumps(body, separators=(",", ":")).encode("utf-8", "surrogateescape"))
+        else:
+            self._kept_path.unlink(missing_ok=True)
+        files = {p: s for p, s in self.fs.files.items() if p not in kept} if kept else self.fs.files
+        rec.token, rec.spec_hash, rec.files, rec.extra = token, self.fs.spec_hash, files, extra
         rec.save()
+        self.kept = kept
+
+    def _finish(self, result: SyncResult, done: _Sent) -> None:
+        result.files, result.bytes = done.files, done.bytes
+        result.kept_unsent = sorted(done.kept)
+        result.replaced = done.replaced
+        result.replaced_dir = self.replaced_dir if done.replaced else None
 
     # the paths ----------------------------------------------------------------------------------
     def unchanged(self) -> bool:
         rec = self.record
-        return rec.valid and self.fs.files == rec.files and (self.delete == "never" or not rec.extra)
+        if not rec.valid or (self.delete != "never" and rec.extra):
+            return False
+        return self.fs.files == ({**rec.files, **self.kept} if self.kept else rec.files)
 
     def changes(self, result: SyncResult) -> None:
         """Send what changed since the record, delete what vanished; ManifestChanged if the record is stale."""
         rec = self.record
-        changed = {p: s for p, s in self.fs.files.items() if rec.files.get(p) != s}
-        to_delete, extra = self._split({**rec.extra, **rec.files})
+        kept = {p: s for p, s in self.kept.items() if self.fs.files.get(p) == s}  # still as it was when kept
+        changed = {p: s for p, s in self.fs.files.items() if rec.files.get(p) != s and p not in kept}
+        sent_before = {**rec.extra, **rec.files}  # the instance's record, as of rec.token
+        to_delete, extra = self._split(sent_before)
         token = new_token()
         written = False
         if to_delete:  # before sending: a file that became a directory (or back) must make way first
             written = not changed
-            if not self._delete(to_delete, rec.token, result, extra, then_write=(token, {**self.fs.files, **extra})
+            if not self._delete(to_delete, rec.token, result, extra, then_write=(token, self._sent(kept.keys(), extra))
                                 if written else None):
                 written = False
         if len(changed) > LIST_LIMIT:  # a branch switch: past this, walking the tree beats a long list
-            self._rsync_tree(result)
+            done = self._send(None, sent_before)
         elif changed:
-            self._rsync_list(sorted(changed), result)
+            done = self._send(sorted(changed), sent_before)
+        else:
+            done = _Sent()
+        kept = {p: s for p, s in kept.items() if p not in done.tried_new}
+        kept.update((p, self.fs.files[p]) for p in done.kept)
+        self._finish(result, done)
         if not written:
-            self.manifest.write(token, {**self.fs.files, **extra}, expect=rec.token)
-        self._commit(token, extra)
+            self.manifest.write(token, self._sent(kept.keys(), extra), expect=rec.token)
+        self._commit(token, extra, kept)
 
     def full(self, result: SyncResult) -> None:
         """Compare everything: read the instance's record, delete, send (tar or rsync), write the record."""
@@ -304,13 +446,16 @@ class _Up:
         to_delete, extra = self._split(sent_before)
         if to_delete:
             self._delete(to_delete, current, result, extra)
+        kept: dict[str, Stat] = {}
         if not occupied and _gnu_tar() and self.fs.files:
-            self._tar(result)
+            self._tar(result)  # an empty workdir: nothing there to overwrite
         else:
-            self._rsync_tree(result)
+            done = self._send(None, sent_before)
+            kept = {p: self.fs.files[p] for p in done.kept}
+            self._finish(result, done)
         token = new_token()
-        self.manifest.write(token, {**self.fs.files, **extra}, expect=current)
-        self._commit(token, extra)
+        self.manifest.write(token, self._sent(kept.keys(), extra), expect=current)
+        self._commit(token, extra, kept)
 
     def _delete(self, to_delete: dict[str, Stat], expect: str, result: SyncResult, extra: dict[str, Stat],
                 then_write: tuple[str, dict[str, Stat]] | None = None, dry_run: bool = False) -> bool:
@@ -328,8 +473,9 @@ class _Up:
     def dry_run(self, result: SyncResult) -> None:
         occupied, current, sent_before = self.manifest.fetch()
         if occupied:
-            out = self._rsync_tree(result, dry_run=True)
-            result.would_send = [l[12:] for l in out.splitlines() if l[:2] in ("<f", "cL", "<L") and len(l) > 12]
+            done = self._send(None, sent_before, dry_run=True)
+            result.would_send, result.kept_unsent = done.sent, sorted(done.kept)
+            result.files, result.bytes = done.files, done.bytes
         else:
             result.would_send = sorted(self.fs.files)
             result.files, result.bytes = len(self.fs.files), self.fs.total_bytes
@@ -338,34 +484,73 @@ class _Up:
             self._delete(to_delete, current, result, {}, dry_run=True)
 
     # the transfers -----------------------------------------------------------------------------------
-    def _rsync_tree(self, result: SyncResult, dry_run: bool = False) -> str:
+    def _send(self, paths: Sequence[str] | None, sent_before: dict[str, Stat], dry_run: bool = False) -> _Sent:
+        """Send ``paths`` (None: the whole file set) such that only a file ferry sent before replaces a remote one.
+
+        Files in the instance's record (``sent_before``) go the ordinary way, each replaced remote file moved
+        to ``replaced_dir`` first; the rest go with ``--ignore-existing`` (one more rsync on the same
+        ControlMaster, only when there are any), and those the instance already has are ``kept``. A file
+        known to differ from what ferry sent goes with ``--ignore-times``: rsync's quick check compares whole
+        seconds, so a same-size edit within the second would otherwise stay behind while recorded as sent.
+        """
+        done = _Sent()
+        if paths is None:
+            ours = [p for p in self.fs.files if p in sent_before]
+            new = [p for p in self.fs.files if p not in sent_before]
+            if ours:
+                self._rsync_tree(done, "ours", skip=new, dry_run=dry_run)
+                seen = set(done.sent)
+                missed = [p for p in ours if sent_before[p] != self.fs.files[p] and p not in seen]
+                if missed:
+                    self._rsync_list(missed, done, "changed", dry_run=dry_run)
+            if len(new) > LIST_LIMIT:  # past this, a second walk beats a long list
+                self._rsync_tree(done, "new", skip=ours, dry_run=dry_run)
+            elif new:
+                self._rsync_list(new, done, "new", dry_run=dry_run)
+        else:  # every path here changed since it was sent
+            ours = [p for p in paths if p in sent_before]
+            new = [p for p in paths if p not in sent_before]
+            if ours:
+                self._rsync_list(ours, done, "changed", dry_run=dry_run)
+            if new:
+                self._rsync_list(new, done, "new", dry_run=dry_run)
+        if new:
+            done.tried_new = set(new)
+            sent = set(done.sent)
+            done.kept = [p for p in new if p not in sent]
+        return done
+
+    def _guard_args(self, how: str, dry_run: bool) -> list[str]:
+        """``how``: "ours" (sent before), "changed" (sent before, differs since), "new" (never sent)."""
+        argv = [ITEM_FORMAT, *{"ours": [], "changed": ["--ignore-times"], "new": ["--ignore-existing"]}[how]]
+        if dry_run:
+            argv.append("--dry-run")
+        else:
+            argv += ["--backup", f"--backup-dir={self.replaced_dir}", f"--rsync-path={self.rsync_path}"]
+        return argv
+
+    def _rsync_tree(self, done: _Sent, how: str, skip: Iterable[str] = (), dry_run: bool = False) -> None:
+        """One recursive rsync of the file set (less ``skip``), driven by the file set's exclude rules."""
         rsync = require("rsync", "ferry syncs files with rsync")
-        rules = _rule_file(self.fs.exclude_rules())
+        rules = _rule_file([*self.fs.exclude_rules(), *_skip_rules(skip, self.fs.files)])
         try:
             argv = [rsync, *RSYNC_FLAGS, "--prune-empty-dirs", "--from0", f"--exclude-from={rules}",
-                    "-e", self.remote.rsync_rsh()]
-            if dry_run:
-                argv += ["--dry-run", "--out-format=%i %n"]
-            else:
-                argv.append(f"--rsync-path={self.rsync_path}")
-            argv += [f"{self.project}/", f"{self.remote.rsync_target}{self.target}/"]
-            out = _run_rsync(argv, self.remote, self.progress and not dry_run, "sending")
+                    "-e", self.remote.rsync_rsh(), *self._guard_args(how, dry_run),
+                    f"{self.project}/", f"{self.remote.rsync_target}{self.target}/"]
+            done.add(_run_rsync(argv, self.remote, self.progress and not dry_run, "sending"))
         finally:
             os.unlink(rules)
-        result.files, result.bytes = _parse_stats(out)
-        return out
 
-    def _rsync_list(self, paths: list[str], result: SyncResult) -> None:
+    def _rsync_list(self, paths: Sequence[str], done: _Sent, how: str, dry_run: bool = False) -> None:
         rsync = require("rsync", "ferry syncs files with rsync")
         listing = _rule_file(paths)
         try:
             argv = [rsync, "-lpt", "--protect-args", "--stats", "--from0", f"--files-from={listing}",
-                    "--ignore-missing-args", "-e", self.remote.rsync_rsh(), f"--rsync-path={self.rsync_path}",
+                    "--ignore-missing-args", "-e", self.remote.rsync_rsh(), *self._guard_args(how, dry_run),
                     f"{self.project}/", f"{self.remote.rsync_target}{self.target}/"]
-            out = _run_rsync(argv, self.remote, self.progress, "sending")
+            done.add(_run_rsync(argv, self.remote, self.progress and not dry_run, "sending"))
         finally:
             os.unlink(listing)
-        result.files, result.bytes = _parse_stats(out)
 
     def _tar(self, result: SyncResult) -> None:
         """An empty workdir: one uncompressed tar stream, the cheapest first copy (mtimes kept to the ns)."""
@@ -521,7 +706,8 @@ def download(
 
     A local file that differs and is newer is kept (``result.skipped``) unless
     ``force``; one that is replaced has its previous content kept under
-    ``backup_dir`` (default ``.ferry/backups/<timestamp>/``; ``result.backed_up``).
+    a new ``<stamp>/`` directory under ``backup_dir`` (default ``.ferry/backups/``), so no
+    earlier backup is ever overwritten (``result.backed_up``, ``result.backup_dir``).
     The default exclude list (venvs, caches, weights, ``outputs/``, secrets)
     applies to a whole-workdir pull unless ``everything``; named ``paths`` come
     whole. ``include``/``exclude`` are rsync patterns (``*.json``, ``logs/``),
@@ -554,8 +740,9 @@ def download(
     else:
         sources = [f"{remote.rsync_target}{source}/"]
         extra = []
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    backups = Path(backup_dir).expanduser() if backup_dir else Path(".ferry") / "backups" / stamp
+    # A new directory per download, also inside a --backup-dir given again: rsync overwrites a file already
+    # in its backup dir, and that file is the only copy left of the user's original.
+    backups = (Path(backup_dir).expanduser() if backup_dir else Path(".ferry") / "backups") / _stamp()
     if not backups.is_absolute():
         backups = project / backups
     rule_file = _rule_file(rules)
@@ -574,11 +761,11 @@ def download(
     result.files, result.bytes = _parse_stats(out)
     for line in out.splitlines():
         if line.startswith(">f") and len(line) > 12:
-            result.received.append(line[12:])
+            result.received.append(_unescape(line[12:]))
             if line[2:11] != "+++++++++":
-                result.backed_up.append(line[12:])
+                result.backed_up.append(_unescape(line[12:]))
         elif line.endswith(" is newer"):
-            result.skipped.append(line[: -len(" is newer")])
+            result.skipped.append(_unescape(line[: -len(" is newer")]))
     if result.backed_up:  # (a dry run names where the backups would go)
         try:
             result.backup_dir = str(backups.relative_to(project))
@@ -589,7 +776,8 @@ def download(
 
 
 def report(result: SyncResult, log: Log, verb: str) -> None:
-    """Every file a download skipped or backed up, then the one-line summary (what tasks and watch print)."""
+    """Every file a download skipped or backed up, every remote file an upload kept, then the one-line summary
+    (what tasks and watch print)."""
     for path in result.skipped:
         log(f"kept newer local file: {path}")
     for path in result.backed_up:
@@ -599,6 +787,9 @@ def report(result: SyncResult, log: Log, verb: str) -> None:
             log(f"backed up {path} (previous copy in {result.backup_dir}/{path})")
     for path in result.kept_remote:
         log(f"kept {path} on the instance: it changed there since ferry sent it")
+    for path in result.kept_unsent:
+        log(f"{'would keep' if result.dry_run else 'kept'} the instance's copy of {path}: ferry never sent it; "
+            f"download it, or delete it there and run inv sync --full to replace it")
     for warning in result.warnings:
         log(f"warning: {warning}")
     log(result.summary(verb))

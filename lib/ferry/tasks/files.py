@@ -51,7 +51,7 @@ def sync(c, name=None, dry_run=False, delete="sent", full=False, watch=False, cr
     "name": "instance name (default: the project's current instance)",
     "path": "a path inside the workdir to fetch, whole (repeatable; default: all of the workdir)",
     "force": "take the remote copy even where the local file is newer (the local copy is backed up)",
-    "backup-dir": "where replaced local files are kept (default: .ferry/backups/<timestamp>/)",
+    "backup-dir": "where replaced local files are kept: each download makes a new <stamp>/ in it (default: .ferry/backups/)",
     "all": "do not apply the default excludes (venvs, caches, weights, checkpoints/, outputs/, secrets)",
     "include": "an rsync pattern to fetch even if excluded, e.g. '*.pt' (repeatable)",
     "exclude": "an rsync pattern not to fetch, e.g. 'logs/' (repeatable)",
