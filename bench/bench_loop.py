@@ -416,9 +416,12 @@ def main() -> int:
         # 3. no-op sync ---------------------------------------------------------------------------
         raw_rsync = [rsync, "-rlpt", "--exclude=.git/", "--exclude=.ferry/", "--exclude=/.venv/",
                      "-e", shlex.join(ssh_base[:-1]), f"{project}/", f"{host}{workdir}/"]
-        pending = run([*raw_rsync[:1], "--dry-run", "-i", *raw_rsync[1:]]).stdout.decode().split()
-        checks.append("raw rsync sees the same file set as ferry (dry run after ferry sync: nothing to send)"
-                      if not pending else f"raw rsync would still send {len(pending)} items after ferry sync")
+        itemized = run([*raw_rsync[:1], "--dry-run", "-i", *raw_rsync[1:]]).stdout.decode().splitlines()
+        # Files only: after ferry's tar-stream first copy, directory mtimes differ (tar makes parents itself),
+        # which rsync -t would touch up (".d..t......" lines) without sending anything.
+        pending = [line for line in itemized if line[1:2] == "f"]
+        checks.append("raw rsync sees the same file set as ferry (dry run after ferry sync: no file to send)"
+                      if not pending else f"raw rsync would still send {len(pending)} files after ferry sync")
         inproc, startup, reported_files = [], [], set()
 
         def ferry_sync() -> float:
