@@ -40,8 +40,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_loop import (  # noqa: E402
-    WARMUPS, BenchError, Failed, Row, cleanup, ferry_cmd, interpreter_of, machine_facts, print_samples,
-    print_table, run, side_by_side, timed, tool_dir,
+    WARMUPS, BenchError, Failed, Row, ferry_cmd, finish, interpreter_of, machine_facts, print_failures,
+    print_samples, print_table, run, run_main, side_by_side, timed, tool_dir,
 )
 
 PRINT_INTERVAL = 0.1  # seconds between the job's timestamp lines
@@ -251,25 +251,11 @@ def main() -> int:
         print()
         for line in facts:
             print(f"  {line}")
-        failed = [(i, f) for i, r in enumerate(all_rows, 1) for f in r.failures]
-        if failed:
-            print("\nferry failures (left out of the medians, retried as extra runs):")
-            for i, f in failed:
-                print(f"  row {i}: {f}")
+        print_failures(all_rows)
         return 0
     finally:
-        notes = cleanup(home, project, env, ferry, launched, remote)
-        for note in notes:
-            print(f"cleanup: {note}", file=sys.stderr)
-        print(f"\ntotal bench time {time.perf_counter() - t0:.1f} s; instance terminated, {home} removed"
-              + ("" if not notes else " (see cleanup notes)"))
+        finish(t0, home, project, env, ferry, launched, remote)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        print(f"bench failed: {exc}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run_main(main)

@@ -454,21 +454,32 @@ def main() -> int:
         print()
         for line in facts + checks:
             print(f"  {line}")
-        failed = [(i, f) for i, r in enumerate(rows, 1) for f in r.failures]
-        if failed:
-            print("\nferry failures (left out of the medians, retried as extra runs):")
-            for i, f in failed:
-                print(f"  row {i}: {f}")
+        print_failures(rows)
         return 0
     finally:
-        notes = cleanup(home, project, env, ferry, launched, remote)
-        for note in notes:
-            print(f"cleanup: {note}", file=sys.stderr)
-        print(f"\ntotal bench time {time.perf_counter() - t0:.1f} s; instance terminated, {home} removed"
-              + ("" if not notes else " (see cleanup notes)"))
+        finish(t0, home, project, env, ferry, launched, remote)
 
 
-if __name__ == "__main__":
+def print_failures(rows: list) -> None:
+    """ferry runs that failed: left out of the medians (and retried), but never hidden."""
+    failed = [(i, f) for i, r in enumerate(rows, 1) for f in r.failures]
+    if failed:
+        print("\nferry failures (left out of the medians, retried as extra runs):")
+        for i, f in failed:
+            print(f"  row {i}: {f}")
+
+
+def finish(t0: float, home, project, env, ferry, launched, remote) -> None:
+    """Every bench's ``finally``: terminate the instance, remove the HOME, say how long it all took."""
+    notes = cleanup(home, project, env, ferry, launched, remote)
+    for note in notes:
+        print(f"cleanup: {note}", file=sys.stderr)
+    print(f"\ntotal bench time {time.perf_counter() - t0:.1f} s; instance terminated, {home} removed"
+          + ("" if not notes else " (see cleanup notes)"))
+
+
+def run_main(main) -> None:
+    """The ``__main__`` of every bench: a BenchError is one line and exit 1, Ctrl-C exits 130."""
     try:
         sys.exit(main())
     except BenchError as exc:
@@ -476,3 +487,7 @@ if __name__ == "__main__":
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -305,18 +305,8 @@ def main() -> int:
             print(f"  {line}")
         return 0
     finally:
-        notes = loop.cleanup(home, project, env, ferry, launched, remote)
-        for note in notes:
-            print(f"cleanup: {note}", file=sys.stderr)
-        print(f"\ntotal bench time {time.perf_counter() - t0:.1f} s; instance terminated, {home} removed"
-              + ("" if not notes else " (see cleanup notes)"))
+        loop.finish(t0, home, project, env, ferry, launched, remote)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        print(f"bench failed: {exc}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    loop.run_main(main)

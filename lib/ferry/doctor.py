@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
 from invoke import Context
 
-from . import config, providers
+from . import config
 from .errors import FerryError
 from .tools import DEBIAN_PACKAGES, which
 
@@ -105,7 +104,7 @@ def _instance_checks(ctx: Context | None) -> list[dict]:
             "for t in rsync tmux setsid; do command -v $t >/dev/null 2>&1 && echo ok:$t || echo missing:$t; done",
             timeout=20,
         )
-    except (FerryError, subprocess.TimeoutExpired) as exc:
+    except FerryError as exc:  # unreachable, or no answer in time (Remote.run's SSHError)
         return [_check(f"instance {instance.name}", False, str(exc), f"inv status --name {instance.name}", required=False)]
     results = []
     for line in proc.stdout.decode().split():

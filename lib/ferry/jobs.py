@@ -479,10 +479,7 @@ def latest_job(ctx: Context | None, instance: Instance) -> str:
 
 def _remote_call(ctx, instance: Instance, command: str, job_id: str, timeout: float | None = None,
                  stdout=subprocess.PIPE) -> tuple[subprocess.CompletedProcess, JobEnd | None]:
-    try:
-        proc = Remote(ctx, instance).run(command, check=False, timeout=timeout, stdout=stdout)
-    except subprocess.TimeoutExpired as exc:
-        raise JobError(f"no answer from {instance.name} about job {job_id}") from exc
+    proc = Remote(ctx, instance).run(command, check=False, timeout=timeout, stdout=stdout)  # a timeout is an SSHError
     end, other = _parse_end(proc.stderr.decode(errors="replace"))
     refused = _wrapper_error(proc.returncode, other, instance, job_id)
     if refused is not None:

@@ -373,7 +373,7 @@ def find(ctx: Context | None, provider: str, instance_id: str) -> Instance:
     """An instance by provider and id, whether or not this project launched it."""
     found = retry.call(lambda: provider_for(ctx, provider).get(instance_id))
     if found is None:
-        raise NoInstanceError(f"{provider} has no instance {instance_id}", hint=f"list them: inv ls --all")
+        raise NoInstanceError(f"{provider} has no instance {instance_id}", hint="list them: inv ls --all")
     return found
 
 

@@ -64,7 +64,7 @@ from .remote import Remote
 from .state import write_atomic
 from .tools import require, which
 
-__all__ = ["sync_up", "download", "report", "SyncResult", "DEFAULT_EXCLUDES", "DELETE_MODES", "in_git", "exclude_rules"]
+__all__ = ["sync_up", "download", "report", "SyncResult", "DEFAULT_EXCLUDES", "DELETE_MODES"]
 
 DELETE_MODES = ("sent", "never")
 LIST_LIMIT = 1000  # changed files sent as an explicit list; more than this and the filtered tree walk is cheaper
@@ -76,14 +76,6 @@ KEEP_REPLACED = 10  # the newest backup dirs kept there; older ones go (they wou
 ITEM_FORMAT = "--out-format=%i %n"
 ITEM = re.compile(r"([<>ch.*][fdLDS][^ ]{9}) (.*)\Z", re.S)
 Log = Callable[[str], None]
-
-in_git = fileset.in_git
-
-
-def exclude_rules(project: Path) -> list[str]:
-    """The rsync exclude rules that reduce a recursive walk of ``project`` to its file set."""
-    return fileset.scan(project).exclude_rules()
-
 
 @dataclass
 class SyncResult:
