@@ -163,13 +163,12 @@ def main() -> int:
         ms, _ = timed([ferry, "launch"], cwd=project, env=env, timeout=120)
         facts.append(f"ferry launch: {ms:.0f} ms")
 
-        from ferry import config, lifecycle
+        import ferry as ferry_lib
+        from ferry import follow as follow_lib
         from ferry import jobs as jobs_lib
-        from ferry.remote import Remote
 
-        ctx = config.make_context({"project_dir": str(project)})
-        instance = lifecycle.resolve(ctx)
-        remote = Remote(ctx, instance)
+        box = ferry_lib.box(ferry_lib.make_context({"project_dir": str(project)}))
+        remote = box.remote
         ssh_base = remote.ssh_argv()  # [ssh, options..., -T, host]
         ssh_true = ssh_base + ["true"]
         floor_true = lambda: timed(ssh_true)[0]  # noqa: E731
@@ -181,8 +180,8 @@ def main() -> int:
 
         def remote_half() -> float:
             job_id = jobs_lib.new_job_id()
-            spec = jobs_lib.job_spec(ctx, instance, "true")
-            tool = jobs_lib.job_tool(instance)
+            spec = jobs_lib.job_spec(box, "true")
+            tool = follow_lib.job_tool(box)
             cmd = f"{tool} start {job_id} follow 0"  # exactly what ferry.jobs.follow sends with a start spec
             start = time.perf_counter()
             proc = subprocess.run(ssh_base + [cmd], input=spec, capture_output=True, timeout=60)
@@ -200,7 +199,7 @@ def main() -> int:
                             floor_true, fails)
         rows.append(Row("ferry run --detach true", "ssh <instance> true (ControlMaster)", a, b, failures=fails))
         a, b = side_by_side(args.repeat, lambda: ferry_cmd([ferry, "jobs", "--json"], cwd=project, env=env), floor_true)
-        jobs_count = len(jobs_lib.list_jobs(ctx, instance))
+        jobs_count = len(box.jobs())
         rows.append(Row(f"ferry jobs --json ({jobs_count}+ jobs)", "ssh <instance> true (ControlMaster)", a, b))
 
         # 2. line delay while following ------------------------------------------------------------------
@@ -220,7 +219,7 @@ def main() -> int:
         # 3. resume after a dropped connection ------------------------------------------------------------
         # A job printing every 10 ms; the per-connection sshd is killed as line 30 arrives. The time
         # from the kill to the next line arriving is how long output stopped flowing.
-        sshd_dir = Path(instance.raw["dir"]) / "sshd"
+        sshd_dir = Path(box.instance.raw["dir"]) / "sshd"
         gaps, handshakes = [], []
         n_lines, fault_at = 150, 30
         for _ in range(args.drops):

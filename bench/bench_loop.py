@@ -357,14 +357,12 @@ def main() -> int:
         ms, proc = timed([ferry, "sync"], cwd=project, env=env)
         facts.append(f"initial ferry sync: {ms:.0f} ms ({proc.stderr.decode(errors='replace').strip()})")
 
-        from ferry import config, lifecycle
-        from ferry.remote import Remote
+        import ferry as ferry_lib
 
-        ctx = config.make_context({"project_dir": str(project)})
-        instance = lifecycle.resolve(ctx)
-        remote = Remote(ctx, instance)
+        box = ferry_lib.box(ferry_lib.make_context({"project_dir": str(project)}))
+        remote = box.remote
         ssh_base = remote.ssh_argv()  # [ssh, options..., -T, host]
-        workdir = lifecycle.workdir(ctx, instance)
+        workdir = box.workdir
         host = remote.rsync_target
 
         # cross-checks: the argv and workdir the CLI reports are the ones the floors use
@@ -389,12 +387,13 @@ def main() -> int:
                             floor_true, fails)
         rows.append(Row("ferry run true (warm)", "ssh <instance> true (ControlMaster)", a, b, failures=fails))
 
+        from ferry import follow as follow_lib
         from ferry import jobs as jobs_lib
 
         def remote_half() -> float:
             job_id = jobs_lib.new_job_id()
-            spec = jobs_lib.job_spec(ctx, instance, "true")
-            tool = jobs_lib.job_tool(instance)
+            spec = jobs_lib.job_spec(box, "true")
+            tool = follow_lib.job_tool(box)
             cmd = f"{tool} start {shlex.quote(job_id)} follow 0"  # what ferry run sends: one exec
             start = time.perf_counter()
             proc = subprocess.run(ssh_base + [cmd], input=spec, capture_output=True, timeout=60)

@@ -138,16 +138,14 @@ def main() -> int:
         ms, _ = timed([ferry, "launch"], cwd=project, env=env, timeout=120)
         facts.append(f"ferry launch: {ms:.0f} ms")
 
-        from ferry import config, lifecycle, sync
-        from ferry.remote import Remote
+        import ferry as ferry_lib
 
-        ctx = config.make_context({"project_dir": str(project)})
-        instance = lifecycle.resolve(ctx)
-        remote = Remote(ctx, instance)
+        box = ferry_lib.box(ferry_lib.make_context({"project_dir": str(project)}))
+        remote = box.remote
         ssh = remote.ssh_argv()  # [ssh, options..., -T, host]
         rsh = shlex.join(ssh[:-1])
         host = remote.rsync_target
-        wd = lifecycle.workdir(ctx, instance)
+        wd = box.workdir
         floor_wd = wd + "-floor"
         sync_dir = project / ".ferry" / "sync"
 
@@ -166,7 +164,7 @@ def main() -> int:
         # 1. initial sync into an empty workdir ---------------------------------------------------------
         def ferry_initial() -> float:
             reset_remote()
-            ms = in_process(lambda: sync.sync_up(ctx, instance, progress=False))
+            ms = in_process(lambda: box.sync(progress=False))
             return ms
 
         tar_pipe = ["sh", "-c", f"{shlex.quote(git_bin)} ls-files -z --cached --others --exclude-standard | "
@@ -179,7 +177,7 @@ def main() -> int:
 
         a, b = side_by_side(args.repeat, ferry_initial, floor_initial)
         rows.append(Row("initial sync (in-process)", "git ls-files -z | tar | ssh tar x (empty dir)", a, b))
-        sync.sync_up(ctx, instance, progress=False)  # leaves a complete workdir and a fresh record
+        box.sync(progress=False)  # leaves a complete workdir and a fresh record
         counted = run(ssh + [f"cd {shlex.quote(wd)} && find . -type f | wc -l"]).stdout.decode().strip()
         checks.append(f"files on the instance after ferry's initial sync: {counted} (project: {tracked} tracked; "
                       "none of the venv or the .pt)")
@@ -212,7 +210,7 @@ def main() -> int:
 
             def call():
                 nonlocal result
-                result = sync.sync_up(ctx, instance, progress=False)
+                result = box.sync(progress=False)
 
             ms = in_process(call)
             hows.add(f"{result.how}:{result.files}")
@@ -243,7 +241,7 @@ def main() -> int:
 
             def call():
                 nonlocal result
-                result = sync.sync_up(ctx, instance, progress=False)
+                result = box.sync(progress=False)
 
             ms = in_process(call)
             changed_counts.add(result.files)
@@ -252,7 +250,7 @@ def main() -> int:
         def floor_ten() -> float:
             touch10()
             ms = floor_files_from()
-            sync.sync_up(ctx, instance, progress=False)  # untimed: ferry's record catches up with the floor's edits
+            box.sync(progress=False)  # untimed: ferry's record catches up with the floor's edits
             return ms
 
         a, b = side_by_side(args.repeat, ferry_ten, floor_ten)
@@ -282,7 +280,7 @@ def main() -> int:
 
         # 5. no-op download ------------------------------------------------------------------------------------
         pull = [rsync, "-rlpt", "--update", "-e", rsh, f"{host}{wd}/", f"{project}/"]
-        a, b = side_by_side(args.repeat, lambda: in_process(lambda: sync.download(ctx, instance, progress=False)),
+        a, b = side_by_side(args.repeat, lambda: in_process(lambda: box.download(progress=False)),
                             lambda: timed(pull)[0])
         rows.append(Row("no-op download (in-process)", "rsync -rlpt --update host:workdir/ ./", a, b))
         a, b = side_by_side(args.repeat, lambda: loop.ferry_cmd([ferry, "download"], cwd=project, env=env),

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from ferry import config, gpus
-from ferry.errors import ConfigError
+from ferry import apikeys, gpus
+from ferry.config import Settings
+from ferry.errors import ConfigError, UsageError
 
 from .conftest import assert_one_line_error
 
@@ -21,20 +22,20 @@ def write(path, text):
 
 def test_runpod_key_lookup_order(home, project, monkeypatch):
     monkeypatch.delenv("RUNPOD_API_KEY", raising=False)
-    ctx = config.make_context()
+    settings = Settings.of(None)
     with pytest.raises(ConfigError) as missing:
-        config.api_key(ctx, "runpod")
+        apikeys.key(settings, "runpod")
     assert "RUNPOD_API_KEY" in missing.value.hint and ".runpod/config.toml" in missing.value.hint
     write(home / ".runpod" / "config.toml", '[default]\napi_key = "from-toml"\n')
-    assert config.api_key(ctx, "runpod") == "from-toml"
+    assert apikeys.key(settings, "runpod") == "from-toml"
     write(home / ".runpod" / "api_key", "from-file\n")
-    assert config.api_key(ctx, "runpod") == "from-file"
+    assert apikeys.key(settings, "runpod") == "from-file"
     write(home / ".config" / ".env.global", "RUNPOD_API_KEY=from-global\n")
-    assert config.api_key(ctx, "runpod") == "from-global"
+    assert apikeys.key(settings, "runpod") == "from-global"
     write(project / ".env", "OTHER=1\nRUNPOD_API_KEY=from-dotenv\nMORE=2\n")
-    assert config.api_key(ctx, "runpod") == "from-dotenv", "a .env contributes the value, never the whole file"
+    assert apikeys.key(settings, "runpod") == "from-dotenv", "a .env contributes the value, never the whole file"
     monkeypatch.setenv("RUNPOD_API_KEY", "from-env")
-    assert config.api_key(ctx, "runpod") == "from-env"
+    assert apikeys.key(settings, "runpod") == "from-env"
 
 
 def test_config_masks_every_secret(ferry, project):
@@ -73,10 +74,10 @@ def test_gpu_aliases(alias, provider, count, expected):
 
 
 def test_unknown_gpu_lists_the_known_ones():
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(UsageError) as caught:
         gpus.resolve("B300X", "runpod")
     assert "H100" in caught.value.hint and "RTX4090" in caught.value.hint
-    with pytest.raises(ConfigError, match="does not offer"):
+    with pytest.raises(UsageError, match="does not offer"):
         gpus.resolve("A10G", "runpod")
 
 

@@ -14,26 +14,26 @@ from .conftest import assert_one_line_error
 
 def test_run_without_an_instance(ferry, project):
     err = assert_one_line_error(ferry("run", "true"))
-    assert "inv launch" in err
+    assert "ferry launch" in err, "the hint names the program the user typed"
     assert not (project / ".ferry" / "state.json").exists()
 
 
 def test_unknown_provider(ferry, home):
-    err = assert_one_line_error(ferry("launch", "--provider", "nimbus"))
+    err = assert_one_line_error(ferry("launch", "--provider", "nimbus"), code=2)
     assert "nimbus" in err and "local" in err
     assert not (home / ".ferry" / "local").exists()
 
 
 @pytest.mark.parametrize("name", ["Bad_Name", "-x", "a" * 64, "semi;colon", "sp ace"])
 def test_bad_instance_name(ferry, home, name):
-    err = assert_one_line_error(ferry("launch", "--name", name))
+    err = assert_one_line_error(ferry("launch", "--name", name), code=2)
     assert "bad instance name" in err
     assert not (home / ".ferry" / "local").exists()
 
 
 def test_download_of_a_missing_path(launched, project):
     err = assert_one_line_error(launched("download", "--path", "results"))
-    assert "inv sync" in err, "nothing synced yet: say so"
+    assert "ferry sync" in err, "nothing synced yet: say so"
     launched.ok("sync")
     err = assert_one_line_error(launched("download", "--path", "no/such/thing"))
     assert "no/such/thing" in err
@@ -57,7 +57,7 @@ def test_missing_rsync_names_the_package(launched, tmp_path):
 def test_missing_sshd_names_the_package(home, monkeypatch):
     from ferry import tools
     from ferry.errors import MissingToolError
-    from ferry.instance import InstanceSpec
+    from ferry.records import InstanceSpec
     from ferry.providers.local import LocalProvider
 
     monkeypatch.setenv("PATH", "/nonexistent")
@@ -69,13 +69,12 @@ def test_missing_sshd_names_the_package(home, monkeypatch):
 
 
 def test_changed_host_key_is_refused_with_the_fix(launched, home):
-    from ferry import config, lifecycle
-    from ferry.remote import Remote, known_hosts_path
+    import ferry
+    from ferry import known_hosts
 
-    ctx = config.make_context()
-    instance = lifecycle.resolve(ctx)
-    Remote(ctx, instance).close()  # a fresh connection is where host keys are checked
-    path = known_hosts_path()
+    box = ferry.box()
+    box.remote.close()  # a fresh connection is where host keys are checked
+    path = known_hosts.path()
     fake = "AAAAC3NzaC1lZDI1NTE5AAAAIG8mD3Ws2sYrkJk8i1o1rWb0Q1m3oY6kq3bq2o9yWQ2R"
     path.write_text(re.sub(r"ssh-ed25519 \S+", f"ssh-ed25519 {fake}", path.read_text()))
     err = assert_one_line_error(launched("run", "true"))
@@ -84,7 +83,7 @@ def test_changed_host_key_is_refused_with_the_fix(launched, home):
     import paramiko
 
     with pytest.raises(paramiko.BadHostKeyException):
-        lifecycle.connect(ctx).run("true", hide=True, in_stream=False)
+        box.connection().run("true", hide=True, in_stream=False)
 
 
 def test_ferry_key_and_known_hosts_are_private(launched, home):

@@ -7,17 +7,17 @@ import multiprocessing
 import shlex
 import subprocess
 
-from ferry import config, lifecycle
-from ferry.instance import Instance, SSHEndpoint, Status
-from ferry.state import ProjectState
+import ferry
+from ferry.records import Instance, SSHEndpoint, Status
+from ferry.store import ProjectState
 
 
 def test_fabric_connection_runs_commands_with_the_pinned_key(launched):
-    ctx = config.make_context()
-    conn = lifecycle.connect(ctx)
+    box = ferry.box()
+    conn = box.connection()
     try:
         result = conn.run("echo $HOME", hide=True, in_stream=False)
-        assert result.stdout.strip() == lifecycle.resolve(ctx).remote_home
+        assert result.stdout.strip() == box.instance.remote_home
         assert conn.transport.sock.getsockopt(6, 1) == 1  # TCP_NODELAY on the paramiko socket
     finally:
         conn.close()
@@ -42,10 +42,8 @@ def test_state_file_survives_concurrent_writers(tmp_path):
 def test_job_spec_quotes_every_value(launched):
     from ferry import jobs
 
-    ctx = config.make_context()
-    instance = lifecycle.resolve(ctx)
     nasty = "'; touch /tmp/pwned-ferry; echo '"
-    spec = jobs.job_spec(ctx, instance, nasty, env={"X": nasty}, label=nasty).decode()
+    spec = jobs.job_spec(ferry.box(), nasty, env={"X": nasty}, label=nasty).decode()
     proc = subprocess.run(["bash", "-c", spec + '\nprintf "%s\\n%s\\n%s" "$FERRY_COMMAND" "$X" "$FERRY_LABEL"'],
                           capture_output=True, text=True)
     assert proc.stdout == "\n".join([nasty] * 3)

@@ -38,7 +38,7 @@ def seed_dlami(region: str, value: str = DLAMI) -> None:
     from moto.core import DEFAULT_ACCOUNT_ID
     from moto.ssm.models import Parameter, ssm_backends
 
-    from ferry.providers.ec2 import DLAMI_PARAMETER
+    from ferry.providers.ec2.setup import DLAMI_PARAMETER
 
     backend = ssm_backends[DEFAULT_ACCOUNT_ID][region]
     backend._parameters[DLAMI_PARAMETER].append(Parameter(
@@ -50,7 +50,7 @@ def seed_dlami(region: str, value: str = DLAMI) -> None:
 
 @pytest.fixture
 def ec2(fake_ec2, sshd_pool, project, home, monkeypatch):
-    if "ssh_config" not in ferry_config.DEFAULTS:
+    if "ssh_config" not in ferry_config.GENERAL_DEFAULTS:
         pytest.fail("the EC2 tests need ferry.ssh_config (ssh -F), port 22 left to ssh_config, and HostKeyAlias "
                     "in remote.py: see the issue 5 vast/ec2/ssh report")
     ssh_config = home / "ssh_config"
@@ -236,7 +236,7 @@ def test_without_a_default_ami_the_error_names_image(ec2, ferry):
     from moto.core import DEFAULT_ACCOUNT_ID
     from moto.ssm.models import ssm_backends
 
-    from ferry.providers.ec2 import DLAMI_PARAMETER
+    from ferry.providers.ec2.setup import DLAMI_PARAMETER
 
     del ssm_backends[DEFAULT_ACCOUNT_ID][ec2.region]._parameters[DLAMI_PARAMETER]
     err = failed(ferry(*LAUNCH))

@@ -169,10 +169,9 @@ def test_changed_host_key_on_the_same_address_is_refused_with_the_fix(fake, cli,
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(endpoint.sshd.host_key_path)], check=True)
     fake.pool.start(endpoint)
     assert endpoint.port == port
-    from ferry.remote import Remote
-    from ferry.state import ProjectState
+    import ferry
 
-    Remote(None, ProjectState(project).get("proj")).close()  # no shared connection to the old sshd hides it
+    ferry.box().remote.close()  # no shared connection to the old sshd hides it
     stderr = assert_error(cli("run", "true"))
     assert "host key of proj" in stderr and f"[127.0.0.1]:{port}" in stderr and "ssh-keygen -R" in stderr
 
@@ -221,7 +220,7 @@ def test_offers_and_the_default_workdir(fake, home, monkeypatch):
     runpod = pytest.importorskip("runpod")
     monkeypatch.setattr(runpod, "api_key", None)  # the provider sets both in-process: restore them after
     monkeypatch.setenv("RUNPOD_API_BASE_URL", fake.base_url)
-    from ferry.errors import ConfigError
+    from ferry.errors import UsageError
     from ferry.providers.base import ProviderConfig
     from ferry.providers.runpod import RunPodProvider
 
@@ -236,11 +235,11 @@ def test_offers_and_the_default_workdir(fake, home, monkeypatch):
     assert {(o.provider, o.gpu, o.gpu_count) for o in offers} == {("runpod", "RTX4090", 2)}
     assert {o.region for o in provider(cloud_type="SECURE").offers("A100", 1)} == {"SECURE"}
     assert {o.gpu for o in provider().offers(None, 1)} >= {"RTX4090", "A100", "H100"}
-    with pytest.raises(ConfigError, match="runpod does not offer T4"):
+    with pytest.raises(UsageError, match="runpod does not offer T4"):
         provider().offers("T4", 1)
 
     # Without the test's workdir setting a pod's project lives in /workspace, RunPod's volume mount.
-    from ferry.instance import InstanceSpec
+    from ferry.records import InstanceSpec
 
     pub = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOfakefakefakefakefakefakefakefakefakefakefake x"
     made = provider().create(InstanceSpec(name="wd", provider="runpod", gpu="RTX4090", gpu_count=1, public_key=pub,

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from ferry import config, keys
+from ferry import sshkey
 from ferry.errors import ConfigError
-from ferry.instance import SSHEndpoint
+from ferry.records import SSHEndpoint
 from ferry.providers.base import ProviderConfig
 from ferry.providers import ssh as ssh_provider
 
@@ -27,7 +27,7 @@ INV = str(Path(sys.executable).with_name("inv"))
 @pytest.fixture
 def box(project, sshd_pool):
     """A machine of the user's: an sshd that trusts ferry's key, with its own HOME."""
-    public = keys.public_key(config.make_context())
+    public = sshkey.public_key(sshkey.private_key_path(None, Path.home() / ".ferry"))
     endpoint = sshd_pool.create(public, name="box")
     (project / "tasks.py").write_text("from ferry.tasks import ns\n")
     yield endpoint

@@ -57,12 +57,7 @@ class Recorder:
         tasks = self.project / "tasks.py"
         if not tasks.exists():
             tasks.write_text(
-                "from invoke import Collection\n"
                 "from ferry.tasks import ns\n"
-                "from ferry.tasks import thunder\n"
-                "for t in Collection.from_module(thunder).tasks.values():\n"
-                "    if t.name not in ns.task_names:\n"
-                "        ns.add_task(t)\n"
             )
         proc = subprocess.run([sys.executable, "-m", "invoke", *args], cwd=self.project, capture_output=True,
                               text=True, timeout=90, env=os.environ.copy())
@@ -210,10 +205,9 @@ def test_changed_host_key_on_the_same_address_is_refused_with_the_fix(fake, cli,
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(endpoint.sshd.host_key_path)], check=True)
     fake.pool.start(endpoint)
     assert endpoint.port == port
-    from ferry.remote import Remote
-    from ferry.state import ProjectState
+    import ferry
 
-    Remote(None, ProjectState(project).get("proj")).close()  # no shared connection to the old sshd hides it
+    ferry.box().remote.close()  # no shared connection to the old sshd hides it
     stderr = assert_one_line_error(cli("run", "true"))
     assert "host key of proj" in stderr and f"[127.0.0.1]:{port}" in stderr
     assert "ssh-keygen -R" in stderr
@@ -263,7 +257,7 @@ def test_clone_makes_a_second_instance_with_the_override(fake, cli, home, projec
 
 # -- catalogue -----------------------------------------------------------------------------
 def test_offers_price_the_configured_mode_cpu_and_disk(fake):
-    from ferry.errors import ConfigError
+    from ferry.errors import UsageError
     from ferry.providers.base import ProviderConfig
     from ferry.providers.thunder import ThunderProvider
 
@@ -277,7 +271,7 @@ def test_offers_price_the_configured_mode_cpu_and_disk(fake):
     (big,) = provider(mode="production", cpu_cores=8, disk=300).offers("H100", 2)
     assert big.cost_per_hour == pytest.approx(2.49 * 2 + 4 * 0.0015 + 200 * 0.00013)
     assert {o.gpu for o in provider().offers(None, 1)} >= {"A100", "H100", "T4"}
-    with pytest.raises(ConfigError, match="thunder does not offer RTX4090"):
+    with pytest.raises(UsageError, match="thunder does not offer RTX4090"):
         provider().offers("RTX4090", 1)
 
 
@@ -285,7 +279,7 @@ def test_client_errors_keys_and_idempotent_terminate(fake, home):
     from ferry.errors import ConfigError, ProviderError
     from ferry.providers.base import ProviderConfig
     from ferry.providers.thunder import ThunderProvider
-    from ferry.thunder_api import ThunderAPI
+    from ferry.providers.thunder.api import ThunderAPI
 
     # Without a public key Thunder hands out a private key once (test_fakes proves the fake does too):
     # the client never passes it on.
@@ -310,7 +304,7 @@ def test_client_errors_keys_and_idempotent_terminate(fake, home):
 
 def test_name_book_guesses_give_way_to_the_create_answer(fake, home):
     """Two creates in flight with the same GPU, one answer lost: every name ends on its own instance."""
-    from ferry.instance import InstanceSpec
+    from ferry.records import InstanceSpec
     from ferry.providers.base import ProviderConfig
     from ferry.providers.thunder import ThunderProvider
 
@@ -321,14 +315,14 @@ def test_name_book_guesses_give_way_to_the_create_answer(fake, home):
     spec_b = InstanceSpec(name="b", provider="thunder", gpu="T4", gpu_count=1, public_key=key, labels={"x": "b"})
     body = cloud.create_body(spec_a)
     # a's create was performed but its answer lost; b's create is performed, its answer not processed yet.
-    cloud._note_pending(spec_a, body)
+    cloud.book.note_pending("a", spec_a.labels, body["gpu_type"], body["num_gpus"], key.split()[1])
     lost_a = cloud.api.create(body)["identifier"]
-    cloud._note_pending(spec_b, body)
+    cloud.book.note_pending("b", spec_b.labels, body["gpu_type"], body["num_gpus"], key.split()[1])
     made_b = cloud.api.create(body)
     # A listing now can only guess: both pending creates match both instances.
     assert sorted(i.name for i in cloud.list()) == ["a", "b"]
     # b's answer arrives: it is the truth, and a's guess is redone from what is left.
-    cloud._record(made_b["identifier"], made_b["uuid"], "b", spec_b.labels)
+    cloud.book.record(made_b["identifier"], made_b["uuid"], "b", spec_b.labels)
     names = {i.id: (i.name, i.labels) for i in cloud.list()}
     assert names == {lost_a: ("a", {"x": "a"}), made_b["identifier"]: ("b", {"x": "b"})}
     assert name_book(home)["pending"] == {}

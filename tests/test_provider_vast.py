@@ -33,9 +33,9 @@ def vast(fake_vast, project, monkeypatch):
 LAUNCH = ("launch", "--provider", "vast", "--gpu", "RTX4090")
 
 
-def failed(proc: subprocess.CompletedProcess) -> str:
-    """Exit 1, no traceback, and the output ends in ``error:`` (+ ``hint:``); progress notes may precede."""
-    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
+def failed(proc: subprocess.CompletedProcess, code: int = 1) -> str:
+    """Exit ``code``, no traceback, and the output ends in ``error:`` (+ ``hint:``); progress notes may precede."""
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr
     lines = [l for l in proc.stderr.splitlines() if l.strip()]
     errors = [i for i, l in enumerate(lines) if l.startswith("error: ")]
@@ -162,15 +162,15 @@ def test_spot_bids_with_a_price_cap_and_ports(vast, ferry):
 
 def test_no_offer_under_the_cap_rents_nothing(vast, ferry):
     err = failed(ferry(*LAUNCH, "--spot", "--max-price", "0.01"))
-    assert "no interruptible offer" in err and "inv offers" in err
+    assert "no interruptible offer" in err and "ferry offers" in err
     assert rented(vast) == [] and vast.requests_to("PUT /api/v0/asks") == []
 
 
 def test_gpu_is_required_and_checked_before_anything_is_rented(vast, ferry):
-    err = failed(ferry("launch", "--provider", "vast"))
+    err = failed(ferry("launch", "--provider", "vast"), code=2)
     assert "--gpu" in err
-    err = failed(ferry("launch", "--provider", "vast", "--gpu", "TPUv9"))
+    err = failed(ferry("launch", "--provider", "vast", "--gpu", "TPUv9"), code=2)
     assert "RTX4090" in err, "the known aliases are listed"
-    err = failed(ferry("launch", "--provider", "vast", "--gpu", "A10G"))
+    err = failed(ferry("launch", "--provider", "vast", "--gpu", "A10G"), code=2)
     assert "vast does not offer A10G" in err
     assert vast.requests_to("PUT /api/v0/asks") == []

@@ -54,10 +54,8 @@ def test_debug_output_never_shows_configured_env_values(project, home):
 def test_a_command_that_outlives_its_timeout_is_one_clean_error(launched):
     import pytest
 
-    from ferry import config, lifecycle
+    import ferry
     from ferry.errors import SSHError
-    from ferry.remote import Remote
 
-    ctx = config.make_context()
     with pytest.raises(SSHError, match="did not answer within"):
-        Remote(ctx, lifecycle.resolve(ctx)).run("sleep 5", timeout=0.5)
+        ferry.box().remote.run("sleep 5", timeout=0.5)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+import ferry
+
 from .conftest import FerryCLI, assert_one_line_error, git
 
 
@@ -354,7 +356,7 @@ def test_files_ferry_sent_still_update_and_what_they_replace_is_kept_remotely(la
 
 def test_whole_tree_paths_keep_what_ferry_never_sent(launched, project, home, monkeypatch):
     """--full and a large change (the tree walks) keep the same rule as the short list."""
-    from ferry import config, lifecycle, sync
+    from ferry import sync
 
     wd = workdir_of(home)
     launched.ok("sync")
@@ -375,8 +377,7 @@ def test_whole_tree_paths_keep_what_ferry_never_sent(launched, project, home, mo
     for name in ("a.json", "b.json", "c.json"):
         (project / "out" / name).write_text("mine\n")
     (project / "src" / "model.py").write_text("WEIGHTS = 3\n")
-    ctx = config.make_context()
-    result = sync.sync_up(ctx, lifecycle.resolve(ctx), progress=False)
+    result = ferry.box().sync(progress=False)
     assert result.how == "changes" and result.kept_unsent == ["made-there.txt", "out/a.json"]
     assert (wd / "out" / "a.json").read_text() == "the instance's\n"
     assert (wd / "out" / "b.json").read_text() == "mine\n" and (wd / "src" / "model.py").read_text() == "WEIGHTS = 3\n"
@@ -548,9 +549,6 @@ def test_a_proxycommand_in_the_users_ssh_config_is_honoured(launched, project, h
     unshare = shutil.which("unshare")
     if os.geteuid() != 0 or unshare is None:
         pytest.skip("needs root and unshare to give ssh a private ~/.ssh/config")
-    from ferry import config, lifecycle
-    from ferry.remote import Remote
-
     pw_home = pwd.getpwuid(os.getuid()).pw_dir
     fake, scratch = home / "pw", home / "pw-work"
     (fake / ".ssh").mkdir(parents=True)
@@ -558,7 +556,7 @@ def test_a_proxycommand_in_the_users_ssh_config_is_honoured(launched, project, h
     relay, log = home / "relay.py", home / "proxy.log"
     relay.write_text(RELAY)
     (fake / ".ssh" / "config").write_text(f"Host 127.0.0.1\n    ProxyCommand {sys.executable} {relay} %h %p {log}\n")
-    remote = Remote(config.make_context(), lifecycle.resolve(config.make_context()))
+    remote = ferry.box().remote
     remote.close()  # the master launch opened would carry the sync without asking ssh_config again
     (project / "via-proxy.txt").write_text("through the proxy\n")
     script = ('mount --make-rprivate / && mount -t overlay overlay -o "lowerdir=$3,upperdir=$1,workdir=$2" "$3" '
@@ -593,18 +591,19 @@ def test_a_file_that_becomes_a_directory_and_back(launched, project, home):
 
 def test_progress_bar_on_a_terminal_keeps_the_summary_right(launched, project, home, monkeypatch, capsys):
     """A terminal gets rsync's progress (shown after PROGRESS_AFTER seconds; 0 here), and the counts still add up."""
-    from ferry import config, lifecycle, sync
+    from ferry import output
 
-    monkeypatch.setattr(sync, "PROGRESS_AFTER", 0.0)
-    ctx = config.make_context()
-    instance = lifecycle.resolve(ctx)
-    sync.sync_up(ctx, instance, progress=False)
+    monkeypatch.setattr(output, "PROGRESS_AFTER", 0.0)
+    monkeypatch.setattr(output, "colour", lambda stream=None: True)  # as on a terminal
+    box = ferry.box()
+    box.sync(progress=False)
     (project / "big.dat").write_bytes(os.urandom(1 << 20) * 24)  # 24 MB, sent by the "changes" path
     (project / "small.txt").write_text("x\n")
-    result = sync.sync_up(ctx, instance, progress=True)
+    result = box.sync(progress=True)
     err = capsys.readouterr().err
     assert (result.files, result.bytes) == (2, 24 * (1 << 20) + 2)
-    assert "%" in err and "\r" in err and err.endswith("\r\x1b[K")  # drawn, then wiped
+    assert "sending" in err and "25.2 MB" in err, "a bar with the bytes sent was drawn"
+    assert err.rstrip("\n").endswith("\x1b[2K"), "and wiped at the end, leaving only the summary"
     assert (workdir_of(home) / "big.dat").stat().st_size == 24 * (1 << 20)
 
 

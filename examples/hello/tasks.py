@@ -1,20 +1,18 @@
-"""This project's tasks: all of ferry's, plus one of our own."""
+"""This project's tasks: all of ferry's, plus one of our own written with ferry's Python API."""
 
 from invoke import task
 
+import ferry
 from ferry.tasks import ns
 
 
 @task
 def train(c, steps=5):
     """Sync, train on the instance, bring the metrics home."""
-    c.config.ferry.env = {"STEPS": str(steps)}
-    from ferry import lifecycle, jobs, sync
-
-    box = lifecycle.resolve(c)
-    sync.sync_up(c, box)
-    job_id, end = jobs.run(c, box, "python3 train.py")
-    sync.download(c, box, ["results"])
+    box = ferry.box(c)                                   # the project's current instance
+    box.sync()
+    box.run("python3 train.py", env={"STEPS": str(steps)})   # raises ferry.JobFailed if training fails
+    box.download("results")
 
 
 ns.add_task(train)

@@ -1,48 +1,75 @@
 """ferry: take a project from a laptop to a rented GPU and back.
 
-The library API, for recipes and custom tasks. Each function takes an Invoke
-Context (``ferry.config.make_context()`` builds one outside ``inv``)::
+The Python API reads like the CLI::
 
     import ferry
-    c = ferry.make_context()
-    box = ferry.launch(c)
-    ferry.sync_up(c, box)
-    job_id, end = ferry.run(c, box, "python train.py")
-    ferry.download(c, box, ["outputs"])
+    box = ferry.launch(name="exp1", gpu="A100", provider="runpod")   # idempotent, as the task
+    box.sync()
+    result = box.run("python train.py --lr 3e-4", env={"WANDB_MODE": "offline"})  # raises ferry.JobFailed
+    result = box.run("pytest -x", warn=True)         # JobResult(job_id, state, exit_code) whatever the outcome
+    job = box.run("python serve.py", detach=True)    # job.wait(), job.logs(follow=True), job.kill()
+    box.download("outputs")
+    box.stop(); box.terminate()
+    same = ferry.box(name="exp1")                    # an existing instance (default: the project's current one)
 
-Imports are lazy so that ``inv --list`` stays fast.
+Every function takes an optional Invoke Context first (``c``, inside a
+task); without one ferry reads the project's configuration as ``inv``
+would. Imports are lazy, so ``inv --list`` stays fast.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "launch": "ferry.api",
+    "launch_many": "ferry.api",
+    "box": "ferry.api",
+    "find": "ferry.api",
+    "instances": "ferry.api",
+    "offers": "ferry.api",
     "make_context": "ferry.config",
-    "launch": "ferry.lifecycle",
-    "resolve": "ferry.lifecycle",
-    "stop": "ferry.lifecycle",
-    "start": "ferry.lifecycle",
-    "terminate": "ferry.lifecycle",
-    "connect": "ferry.lifecycle",
-    "sync_up": "ferry.sync",
-    "download": "ferry.sync",
-    "run": "ferry.jobs",
-    "follow": "ferry.jobs",
-    "list_jobs": "ferry.jobs",
-    "forward": "ferry.forward",
+    "Settings": "ferry.config",
+    "FerryConfig": "ferry.config",
+    "Box": "ferry.box",
+    "Job": "ferry.jobs",
+    "JobInfo": "ferry.jobs",
+    "JobResult": "ferry.follow",
+    "Detached": "ferry.jobs",
+    "SyncResult": "ferry.sync",
     "FerryError": "ferry.errors",
-    "Instance": "ferry.instance",
-    "InstanceSpec": "ferry.instance",
+    "UsageError": "ferry.errors",
+    "JobFailed": "ferry.errors",
+    "Instance": "ferry.records",
+    "InstanceSpec": "ferry.records",
+    "Offer": "ferry.records",
+    "Status": "ferry.records",
 }
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from .api import box, find, instances, launch, launch_many, offers
+    from .box import Box
+    from .config import FerryConfig, Settings, make_context
+    from .errors import FerryError, JobFailed, UsageError
+    from .follow import JobResult
+    from .jobs import Detached, Job, JobInfo
+    from .records import Instance, InstanceSpec, Offer, Status
+    from .sync import SyncResult
 
 
 def __getattr__(name: str):
     if name in _EXPORTS:
         import importlib
 
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'ferry' has no attribute {name!r}")
 
 
-__all__ = sorted(_EXPORTS)
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -27,11 +27,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from invoke import Context
+from typing import TYPE_CHECKING
 
-from .errors import FerryError, UsageError
-from .instance import Instance
-from .remote import Remote
+from .errors import FerryError, UsageError, cmd
+
+if TYPE_CHECKING:
+    from .box import Box
 
 GCP_KEY = "gcp-service-account.json"
 DOTENV = ".env"
@@ -139,7 +140,7 @@ def _bundle(directory: Path) -> tuple[bytes, int]:
     return buf.getvalue(), count
 
 
-def upload(ctx: Context | None, instance: Instance, directory: str | os.PathLike) -> CredentialsResult:
+def upload(box: "Box", directory: str | os.PathLike) -> CredentialsResult:
     """Replace ``~/.ferry/credentials/`` on the instance with DIR's files and wire them into ``~/.bashrc``."""
     path = Path(directory).expanduser()
     if not path.is_dir():
@@ -151,13 +152,13 @@ def upload(ctx: Context | None, instance: Instance, directory: str | os.PathLike
         data, count = _bundle(path)
     except OSError as exc:
         raise FerryError(f"cannot read {path}: {exc.strerror or exc}", hint="check the directory's permissions") from exc
-    proc = Remote(ctx, instance).run(_INSTALL_SH, input=data, check=False)
+    proc = box.remote.run(_INSTALL_SH, input=data, check=False)
     if proc.returncode != 0:
         detail = [l for l in proc.stderr.decode(errors="replace").splitlines() if l.strip()]
         raise FerryError(
-            f"could not install credentials on {instance.name} (exit {proc.returncode})"
+            f"could not install credentials on {box.name} (exit {proc.returncode})"
             + (f": {detail[-1]}" if detail else ""),
-            hint=f"check space and permissions in ~/.ferry on the instance: inv ssh --name {instance.name}",
+            hint=f"check space and permissions in ~/.ferry on the instance: {cmd(f'ssh --name {box.name}')}",
         )
     facts = dict(l.split("=", 1) for l in proc.stdout.decode(errors="replace").splitlines() if "=" in l)
     return CredentialsResult(

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 
-from invoke import Context
-
-from . import config
-from .errors import FerryError
+from . import apikeys, providers
+from .config import Settings
+from .errors import FerryError, cmd
 from .tools import DEBIAN_PACKAGES, which
 
 SECRET_WORDS = ("key", "token", "secret", "password")
@@ -19,21 +18,21 @@ def _mask_tree(value, key: str = ""):
     if isinstance(value, list):
         return [_mask_tree(v, key) for v in value]
     if isinstance(value, str) and any(w in key.lower() for w in SECRET_WORDS) and key != "ssh_key":
-        return config.mask(value)
+        return apikeys.mask(value)
     return value
 
 
-def resolved_config(ctx: Context | None) -> dict:
+def resolved_config(settings: Settings) -> dict:
     """Settings as ferry sees them after every config layer, plus where each key was found (masked)."""
     keys = {}
-    for name in config.KEY_SOURCES:
-        found = config.api_key_source(ctx, name)
+    for name in apikeys.sources():
+        found = apikeys.lookup(settings, name)
         keys[name] = {"set": bool(found), "source": found[1] if found else None,
-                      "value": config.mask(found[0]) if found else None}
+                      "value": apikeys.mask(found[0]) if found else None}
     return {
-        "settings": _mask_tree(config.settings(ctx)),
-        "project_dir": str(config.project_dir(ctx)),
-        "project": config.project_name(ctx),
+        "settings": _mask_tree(settings.data),
+        "project_dir": str(settings.project_dir),
+        "project": settings.project,
         "api_keys": keys,
     }
 
@@ -51,7 +50,7 @@ def _check(what: str, ok: bool, detail: str, fix: str = "", required: bool = Tru
     return {"what": what, "ok": ok, "detail": detail, "fix": fix, "required": required}
 
 
-def run_checks(ctx: Context | None) -> list[dict]:
+def run_checks(settings: Settings) -> list[dict]:
     checks = []
     for tool in ("ssh", "ssh-keygen", "rsync", "git", "tmux", "sshd"):
         path = which(tool)
@@ -61,28 +60,28 @@ def run_checks(ctx: Context | None) -> list[dict]:
             f"sudo apt-get install -y {DEBIAN_PACKAGES.get(tool, tool)}", required=needed_for is None,
         ))
     try:
-        from .keys import private_key_path
+        from .sshkey import private_key_path
 
-        key = private_key_path(ctx)
+        key = private_key_path(settings.ssh_key, settings.home)
         checks.append(_check("ssh key", True, str(key)))
     except FerryError as exc:
         checks.append(_check("ssh key", False, exc.message, exc.hint or ""))
-    for name in config.KEY_SOURCES:
-        found = config.api_key_source(ctx, name)
-        variable = config.KEY_SOURCES[name][0]
+    for name, source in apikeys.sources().items():
+        found = apikeys.lookup(settings, name)
+        variable = source.variable
         checks.append(_check(f"{name} API key", bool(found), f"from {found[1]}" if found else "not set",
                              f"export {variable}=... (or put it in .env)", required=False))
     checks.append(_check("ec2 credentials", _aws_credentials(), "boto3 credential chain",
                          "aws configure (or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)", required=False))
-    checks.extend(_instance_checks(ctx))
+    checks.extend(_instance_checks(settings))
     return checks
 
 
 def _aws_credentials() -> bool:
     try:
-        import boto3
+        boto3 = providers.sdk("boto3", "ec2")
         import botocore.exceptions
-    except ImportError:
+    except (FerryError, ImportError):
         return False
     try:
         return boto3.Session().get_credentials() is not None
@@ -90,22 +89,22 @@ def _aws_credentials() -> bool:
         return False
 
 
-def _instance_checks(ctx: Context | None) -> list[dict]:
+def _instance_checks(settings: Settings) -> list[dict]:
     """rsync, tmux and setsid on the current instance, if the project has one that runs."""
-    from . import lifecycle
-    from .remote import Remote
+    from .box import get as get_box
 
     try:
-        instance = lifecycle.resolve(ctx)
+        box = get_box(settings)
+        instance = box.instance
     except FerryError:
-        return [_check("current instance", True, "none yet (inv launch makes one)", required=False)]
+        return [_check("current instance", True, f"none yet ({cmd('launch')} makes one)", required=False)]
     try:
-        proc = Remote(ctx, instance).run(
+        proc = box.remote.run(
             "for t in rsync tmux setsid; do command -v $t >/dev/null 2>&1 && echo ok:$t || echo missing:$t; done",
             timeout=20,
         )
     except FerryError as exc:  # unreachable, or no answer in time (Remote.run's SSHError)
-        return [_check(f"instance {instance.name}", False, str(exc), f"inv status --name {instance.name}", required=False)]
+        return [_check(f"instance {instance.name}", False, str(exc), cmd(f"status --name {instance.name}"), required=False)]
     results = []
     for line in proc.stdout.decode().split():
         state, tool = line.split(":", 1)

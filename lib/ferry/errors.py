@@ -68,3 +68,30 @@ class RemoteCommandError(FerryError):
 
 class JobError(FerryError):
     """A job is unknown, or did not reach the state asked for."""
+
+
+class JobFailed(FerryError):
+    """``Box.run`` saw its job end other than successfully (raised unless ``warn=True``, as Invoke's run does).
+
+    ``result`` is the whole :class:`ferry.JobResult`; the exit status of an
+    uncaught one is the job's own exit code (1 when it has none).
+    """
+
+    def __init__(self, result, hint: str | None = None):
+        code = result.exit_code if isinstance(result.exit_code, int) and 0 < result.exit_code < 256 else 1
+        super().__init__(f"job {result.job_id} {result.describe()}", hint=hint, exit_code=code)
+        self.result = result
+
+
+def program() -> str:
+    """The program the user typed: ``inv`` under Invoke's own script, else ``ferry`` (which always works)."""
+    import os
+    import sys
+
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return "inv" if name in ("inv", "invoke") else "ferry"
+
+
+def cmd(args: str) -> str:
+    """A command line for a hint, in the program the user typed: ``cmd("logs -f -j 3")`` -> ``ferry logs -f -j 3``."""
+    return f"{program()} {args}"

@@ -15,6 +15,7 @@ re-established with backoff, as following a job is.
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import socket
 import subprocess
@@ -22,30 +23,23 @@ import threading
 import time
 from typing import Callable
 
-from invoke import Context
+from typing import TYPE_CHECKING
 
-from .durations import human
-from .errors import FerryError, SSHError, UsageError
-from .instance import Instance
-from .remote import Remote
+from .backoff import Backoff
+from .errors import FerryError, SSHError, cmd
+from .flags import human
+
+if TYPE_CHECKING:
+    from .box import Box
+
+log = logging.getLogger(__name__)
 
 READY = "ferry-forward-ready"
 RECONNECT_WINDOW = 600.0
-Log = Callable[[str], None]
 
 
 def _quiet(_: str) -> None:
     pass
-
-
-def parse_spec(spec: str | int) -> tuple[int, int]:
-    """``PORT`` or ``PORT:LOCALPORT`` -> (remote port, local port)."""
-    text = str(spec).strip()
-    remote, sep, local = text.partition(":")
-    for part in (remote, local) if sep else (remote,):
-        if not part.isdigit() or not 0 < int(part) < 65536:
-            raise UsageError(f"bad port {text!r}", hint="use PORT or PORT:LOCALPORT, e.g. inv forward 8888 or inv forward 8188:9000")
-    return int(remote), int(local or remote)
 
 
 def _check_free(local_port: int, remote_port: int) -> None:
@@ -56,7 +50,7 @@ def _check_free(local_port: int, remote_port: int) -> None:
         except OSError:
             raise FerryError(
                 f"local port {local_port} is already in use",
-                hint=f"pick another local port: inv forward {remote_port}:{_free_port()}",
+                hint=f"pick another local port: {cmd(f'forward {remote_port}:{_free_port()}')}",
             ) from None
 
 
@@ -66,9 +60,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def forward_argv(ctx: Context | None, instance: Instance, remote_port: int, local_port: int) -> list[str]:
+def forward_argv(box: "Box", remote_port: int, local_port: int) -> list[str]:
     """ssh -N -L 127.0.0.1:LOCAL:localhost:PORT on a connection of its own (OpenSSH keeps the first -o it sees)."""
-    base = Remote(ctx, instance).ssh_argv()
+    base = box.remote.ssh_argv()
     return [
         base[0], "-N", "-o", "LogLevel=INFO",  # INFO: ssh then says when nothing answers on the port
         "-o", "ControlMaster=no", "-o", "ControlPath=none", "-o", "ExitOnForwardFailure=yes",
@@ -118,14 +112,8 @@ class _Tunnel:
                 self.proc.wait()
 
 
-def forward(
-    ctx: Context | None,
-    instance: Instance,
-    remote_port: int,
-    local_port: int | None = None,
-    log: Log = _quiet,
-    on_ready: Callable[[int], None] | None = None,
-) -> None:
+def forward(box: "Box", remote_port: int, local_port: int | None = None,
+            on_ready: Callable[[int], None] | None = None) -> None:
     """Forward 127.0.0.1:``local_port`` to ``remote_port`` on the instance until Ctrl-C, then return.
 
     A failure before the forward first works (port taken, unreachable) is an
@@ -134,7 +122,7 @@ def forward(
     local_port = local_port or remote_port
     _check_free(local_port, remote_port)
     with _interrupt_on(signal.SIGTERM, signal.SIGHUP):
-        _forward(ctx, instance, remote_port, local_port, log, on_ready)
+        _forward(box, remote_port, local_port, on_ready)
 
 
 @contextlib.contextmanager
@@ -155,47 +143,45 @@ def _interrupt_on(*signals):
             signal.signal(sig, handler)
 
 
-def _forward(ctx, instance: Instance, remote_port: int, local_port: int, log: Log,
-             on_ready: Callable[[int], None] | None) -> None:
-    argv = forward_argv(ctx, instance, remote_port, local_port)
-    remote = Remote(ctx, instance)
+def _forward(box: "Box", remote_port: int, local_port: int, on_ready: Callable[[int], None] | None) -> None:
+    argv = forward_argv(box, remote_port, local_port)
+    remote = box.remote
+    instance = box.instance
     ever_ready = False
-    failures_since = None
-    delay = 0.5
+    retry = Backoff(first=0.5, cap=10.0, window=RECONNECT_WINDOW)
     tunnel = None
     said_at = [0.0]
 
     def refused(reason: str) -> None:  # at most one note every 10 s, however many connections fail
         if time.monotonic() - said_at[0] > 10:
             said_at[0] = time.monotonic()
-            log(f"{instance.name}:{remote_port} did not take a connection ({reason}); is the server listening there?")
+            log.info("%s:%s did not take a connection (%s); is the server listening there?", instance.name, remote_port, reason)
 
     try:
         while True:
             tunnel = _Tunnel(argv, refused)
             if tunnel.ready():
                 if not ever_ready:
-                    log(f"forwarding 127.0.0.1:{local_port} -> {instance.name}:{remote_port} "
-                        f"(http://127.0.0.1:{local_port}/); Ctrl-C to stop")
+                    log.info("forwarding 127.0.0.1:%s -> %s:%s (http://127.0.0.1:%s/); Ctrl-C to stop",
+                             local_port, instance.name, remote_port, local_port)
                     if on_ready:
                         on_ready(local_port)
                 else:
-                    log(f"forward to {instance.name}:{remote_port} restored")
-                ever_ready, failures_since, delay = True, None, 0.5
+                    log.info("forward to %s:%s restored", instance.name, remote_port)
+                ever_ready = True
+                retry.succeeded()
             stderr_text = tunnel.wait()
             if not ever_ready:
                 if "cannot listen" in stderr_text or "Address already in use" in stderr_text:
                     raise FerryError(f"local port {local_port} is already in use",
-                                     hint=f"pick another local port: inv forward {remote_port}:{_free_port()}")
+                                     hint=f"pick another local port: {cmd(f'forward {remote_port}:{_free_port()}')}")
                 raise remote.classify_failure(stderr_text)
-            now = time.monotonic()
-            failures_since = failures_since or now
-            if now - failures_since > RECONNECT_WINDOW:
-                raise SSHError(f"lost the connection to {instance.name} for {human(now - failures_since)}; forward stopped",
-                               hint=f"start it again when the instance is reachable: inv forward {remote_port}:{local_port}")
-            log(f"forward to {instance.name} lost; reconnecting in {delay:g}s")
+            delay = retry.failed()
+            if retry.expired:
+                raise SSHError(f"lost the connection to {instance.name} for {human(retry.failing_for)}; forward stopped",
+                               hint=f"start it again when the instance is reachable: {cmd(f'forward {remote_port}:{local_port}')}")
+            log.info("forward to %s lost; reconnecting in %gs", instance.name, delay)
             time.sleep(delay)
-            delay = min(delay * 2, 10.0)
     except KeyboardInterrupt:
         pass
     finally:

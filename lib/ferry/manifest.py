@@ -9,11 +9,15 @@ file made by hand, a file a job rewrote) is never deleted. Each record
 carries a random token, so a writer can tell whether someone else synced
 since it last looked.
 
-The local cache (``.ferry/sync/<key>.json``) holds the same list with full
-stats plus that token. When a fresh scan matches it, nothing changed since
-the last successful sync and the network is skipped entirely; when a few
-files differ, only those are sent. A cache whose token no longer matches the
-instance's record is ignored and the sync compares everything.
+The local cache (``.ferry/sync/<key>.json``, a store.JsonStore) holds the
+same list with full stats plus that token, and the *kept* list: files the
+instance had its own copy of at the last sync (never overwritten), with
+their local stat then, so a no-op stays free of network and each is
+reported once per local change. When a fresh scan matches the record,
+nothing changed since the last successful sync and the network is skipped
+entirely; when a few files differ, only those are sent. A cache whose token
+no longer matches the instance's record is ignored and the sync compares
+everything; a cache that cannot be read is discarded the same way.
 
 Records are NUL-separated (path, size, mtime ns, mode), so any file name,
 newlines and leading dashes included, survives the trip on stdin.
@@ -22,16 +26,15 @@ newlines and leading dashes included, survives the trip on stdin.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import RemoteCommandError
+from .errors import RemoteCommandError, cmd
 from .fileset import Stat
 from .remote import Remote
-from .state import write_atomic
+from .store import JsonStore
 
 HEADER = b"ferry-manifest 1 "
 STALE = 3  # exit status of the remote scripts when the record's token is not the one expected
@@ -77,6 +80,19 @@ def decode(data: bytes) -> tuple[str, dict[str, Stat]]:
 
 
 # -- the local cache ---------------------------------------------------------------
+def _record_shape(data) -> str | None:
+    if not isinstance(data, dict) or not isinstance(data.get("token"), str):
+        return "no token"
+    for field_name in ("files", "extra", "kept"):
+        table = data.get(field_name, {})
+        if not isinstance(table, dict):
+            return f"{field_name!r} is not an object"
+        for value in table.values():
+            if not (isinstance(value, list) and len(value) == 3 and all(type(v) is int for v in value)):
+                return f"a {field_name!r} entry is not [size, mtime_ns, mode]"
+    return None
+
+
 @dataclass
 class LocalRecord:
     """The project's copy of what it last sent to one instance+workdir, with the token it wrote there."""
@@ -86,24 +102,28 @@ class LocalRecord:
     spec_hash: str = ""
     files: dict[str, Stat] = field(default_factory=dict)
     extra: dict[str, Stat] = field(default_factory=dict)  # sent, gone locally, kept remotely (--delete=never)
+    kept: dict[str, Stat] = field(default_factory=dict)  # never sent: the instance had its own copy (local stat then)
 
     @classmethod
     def load(cls, path: Path) -> "LocalRecord":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            return cls(path, data["token"], data.get("spec", ""),
-                       {k: tuple(v) for k, v in data["files"].items()},  # type: ignore[misc]
-                       {k: tuple(v) for k, v in data.get("extra", {}).items()})  # type: ignore[misc]
-        except (OSError, ValueError, KeyError, TypeError):
-            return cls(path)  # missing or unreadable: compare everything, which is always safe
+        data = cls._store(path).read()  # missing or unreadable: empty, so the sync compares everything
+        if not data:
+            return cls(path)
+        table = lambda name: {k: tuple(v) for k, v in (data.get(name) or {}).items()}  # noqa: E731
+        return cls(path, data["token"], str(data.get("spec") or ""), table("files"), table("extra"),  # type: ignore[arg-type]
+                   table("kept"))  # type: ignore[arg-type]
+
+    @staticmethod
+    def _store(path: Path) -> JsonStore:
+        return JsonStore(path, default=dict, check=_record_shape, cache=True)
 
     @property
     def valid(self) -> bool:
         return bool(self.token)
 
     def save(self) -> None:
-        body = {"token": self.token, "spec": self.spec_hash, "files": self.files, "extra": self.extra}
-        write_atomic(self.path, json.dumps(body, separators=(",", ":")).encode("utf-8", "surrogateescape"))
+        self._store(self.path).write({"token": self.token, "spec": self.spec_hash, "files": self.files,
+                                      "extra": self.extra, "kept": self.kept})
 
     def forget(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -265,7 +285,7 @@ class RemoteManifest:
             raise RemoteCommandError(
                 f"could not {what} on {self.remote.instance.name} (exit {proc.returncode})"
                 + (f": {detail[-1]}" if detail else ""),
-                hint=f"check the instance: inv ssh --name {self.remote.instance.name}",
+                hint=f"check the instance: {cmd(f'ssh --name {self.remote.instance.name}')}",
             )
 
 

@@ -1,19 +1,65 @@
-"""What people see: tables and notes for humans, or exactly one JSON document with --json.
+"""What people see: notes, errors, tables, progress, or exactly one JSON document with ``--json``.
 
-Results go to stdout; progress and notes go to stderr, so ``--json`` output
-and job output can be piped without noise.
+Library code logs (``logging.getLogger("ferry....")``); this module turns
+those records into lines on stderr, so a custom task or a recipe shows the
+same ``synced ...`` / ``downloaded ...`` lines as the built-in tasks. Results
+go to stdout; progress and notes to stderr, so ``--json`` output and job
+output pipe without noise. Colour and live progress come from ``rich``, only
+on a terminal and never with ``NO_COLOR``; rich is imported only when a
+table, a bar or colour is actually drawn (it costs ~30 ms to import).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from typing import Any, Sequence
 
+from . import config
+
+STATE_STYLES = {"running": "green", "RUNNING": "green", "succeeded": "green", "failed": "red", "lost": "red",
+                "killed": "yellow", "timed_out": "yellow", "STOPPED": "yellow", "PENDING": "cyan",
+                "ERROR": "red", "TERMINATED": "dim"}
+PROGRESS_AFTER = 1.0  # seconds a transfer runs before its bar appears (short ones stay quiet)
+
+
+def colour(stream=None) -> bool:
+    """Colour and live redraws: only on a terminal, never with NO_COLOR set (https://no-color.org)."""
+    stream = stream or sys.stderr
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    return tty and not config.getenv("NO_COLOR") and config.getenv("TERM") != "dumb"
+
+
+def _console(stream):
+    from rich.console import Console
+
+    return Console(file=stream, highlight=False, soft_wrap=True, no_color=not colour(stream),
+                   force_terminal=colour(stream), emoji=False, markup=False)
+
 
 def note(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def error(message: str, hint: str | None = None) -> None:
+    """The one presentation of an expected failure: ``error:`` (red) and ``hint:`` (dim) on stderr."""
+    if colour():
+        from rich.text import Text
+
+        console = _console(sys.stderr)
+        console.print(Text("error: ", style="bold red") + Text(message))
+        if hint:
+            console.print(Text(f"hint: {hint}", style="dim"))
+        return
+    print(f"error: {message}", file=sys.stderr)
+    if hint:
+        print(f"hint: {hint}", file=sys.stderr)
+    sys.stderr.flush()
 
 
 def emit_json(document: Any) -> None:
@@ -21,19 +67,114 @@ def emit_json(document: Any) -> None:
     sys.stdout.flush()
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """A plain aligned table (rich would colour it; alignment is what matters in a terminal or a pipe)."""
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence[str] = ()) -> None:
+    """An aligned table on stdout, ``right`` columns (money) right-aligned; on a terminal rich's, states coloured."""
     if not rows:
         return
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    for row in cells:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    if not colour(sys.stdout):
+        cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in row] for row in rows]
+        widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+        for row in cells:
+            print("  ".join(c.rjust(w) if h in right else c.ljust(w) for c, w, h in zip(row, widths, headers)).rstrip())
+        sys.stdout.flush()
+        return
+    from rich.table import Table
+    from rich.text import Text
+
+    grid = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 2, 0, 0), header_style="bold")
+    for header in headers:
+        grid.add_column(header, justify="right" if header in right else "left", no_wrap=True)
+    for row in rows:
+        cells = []
+        for value in row:
+            text = "" if value is None else str(value)
+            style = STATE_STYLES.get(text.split(" ")[0], "")
+            cells.append(Text(text, style=style))
+        grid.add_row(*cells)
+    _console(sys.stdout).print(grid)
     sys.stdout.flush()
 
 
-def age(since: float | None) -> str:
-    """How long ago ``since`` (epoch seconds) was, the way the duration flags spell it."""
-    from .durations import human
+def size(n: float) -> str:
+    """Bytes as people read them: 512 B, 3.4 KB, 1.2 GB."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
 
-    return human(max(0.0, time.time() - since)) if since else "-"
+
+# -- progress -------------------------------------------------------------------------------------------
+class TransferBar:
+    """One live bar on stderr (rich), drawn only on a terminal and once a transfer has run ``after`` seconds."""
+
+    def __init__(self, label: str, total: int | None = None, after: float | None = None):
+        self.label, self.total = label, total
+        self.after = PROGRESS_AFTER if after is None else after
+        self.started = time.monotonic()
+        self.enabled = colour(sys.stderr)
+        self._progress = None
+        self._task = None
+
+    def update(self, done: int, percent: int | None = None, total: int | None = None) -> None:
+        if not self.enabled or time.monotonic() - self.started < self.after:
+            return
+        total = total or self.total
+        if total is None and percent:
+            total = int(done * 100 / max(percent, 1))
+        if self._progress is None:
+            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                                       TransferSpeedColumn)
+
+            self._progress = Progress(TextColumn(self.label), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                                      TimeRemainingColumn(), console=_console(sys.stderr), transient=True)
+            self._progress.start()
+            self._task = self._progress.add_task(self.label, total=total)
+        self._progress.update(self._task, completed=done, total=total)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+# -- library logging, presented -------------------------------------------------------------------------
+class _Lines(logging.Handler):
+    """ferry's log records as plain lines on stderr (warnings carry their own ``warning:`` wording).
+
+    In a script (``own=False``) a record also propagates, and this handler
+    stays quiet once the user has configured logging themselves.
+    """
+
+    def __init__(self, own: bool):
+        super().__init__()
+        self.own = own
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.own and logging.getLogger().handlers:
+            return  # the user's own logging shows it
+        try:
+            print(record.getMessage(), file=sys.stderr, flush=True)
+        except Exception:  # noqa: BLE001 - logging must never break a command
+            self.handleError(record)
+
+
+def install_logging(debug: bool = False, own: bool = True) -> None:
+    """Show the library's INFO lines (DEBUG with ``debug``) on stderr, once.
+
+    ``own=True`` (the task layer): ferry presents its own lines, whatever
+    Invoke's ``--debug`` did to the root logger. ``own=False`` (a script
+    calling ferry.launch): only until the script configures logging itself.
+    """
+    logger = logging.getLogger("ferry")
+    mine = [h for h in logger.handlers if isinstance(h, _Lines)]
+    if not mine:
+        if logger.handlers:  # the user configured ferry's logger: leave it alone
+            return
+        mine = [_Lines(own)]
+        logger.addHandler(mine[0])
+    if own:
+        mine[0].own = True
+        logger.propagate = False
+    if logger.level == logging.NOTSET or own:
+        logger.setLevel(logging.DEBUG if debug else logging.INFO)

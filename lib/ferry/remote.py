@@ -21,13 +21,9 @@ import tempfile
 from pathlib import Path
 from typing import IO, Sequence
 
-from invoke import Context
-
-from . import config, keys
-from .errors import HostKeyError, SSHError
-from .instance import Instance, SSHEndpoint
-from .keys import locked
-from .state import write_atomic
+from . import known_hosts
+from .errors import HostKeyError, RemoteCommandError, SSHError, cmd
+from .records import Instance, SSHEndpoint
 from .tools import require
 
 SSH_UNREACHABLE_MARKERS = (
@@ -43,50 +39,9 @@ SSH_UNREACHABLE_MARKERS = (
 )
 
 
-# -- known_hosts -------------------------------------------------------------
-def known_hosts_path() -> Path:
-    path = config.ferry_home() / "known_hosts"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-    return path
-
-
-def _known_hosts_lines_without(name: str) -> list[str]:
-    kept = []
-    for line in known_hosts_path().read_text().splitlines():
-        fields = line.split()
-        if fields and name in fields[0].split(","):
-            continue
-        kept.append(line)
-    return kept
-
-
-def pin_host_key(endpoint: SSHEndpoint, key_line: str) -> None:
-    """Trust exactly this key for this endpoint (used when the provider itself tells us the key)."""
-    key_type, key_data = key_line.split()[:2]
-    with locked(known_hosts_path().with_name("known_hosts.lock")):  # concurrent launches edit it too
-        lines = _known_hosts_lines_without(endpoint.known_hosts_name)
-        lines.append(f"{endpoint.known_hosts_name} {key_type} {key_data}")
-        write_atomic(known_hosts_path(), ("\n".join(lines) + "\n").encode(), mode=0o600)
-
-
-def forget_host_key(endpoint: SSHEndpoint) -> None:
-    """Drop the pin, e.g. when ferry terminated the instance and the address may be reused."""
-    with locked(known_hosts_path().with_name("known_hosts.lock")):
-        lines = _known_hosts_lines_without(endpoint.known_hosts_name)
-        write_atomic(known_hosts_path(), ("\n".join(lines) + "\n" if lines else "").encode(), mode=0o600)
-
-
-def is_pinned(endpoint: SSHEndpoint) -> bool:
-    return len(_known_hosts_lines_without(endpoint.known_hosts_name)) != len(
-        known_hosts_path().read_text().splitlines()
-    )
-
-
-def control_dir() -> Path:
+def control_dir(home: Path) -> Path:
     """Where ControlMaster sockets live; unix sockets cap paths near 104 bytes, so fall back to /tmp."""
-    preferred = config.ferry_home() / "cm"
+    preferred = home / "cm"
     if len(str(preferred)) > 60:
         preferred = Path(tempfile.gettempdir()) / f"ferry-cm-{os.getuid()}"
     preferred.mkdir(parents=True, exist_ok=True)
@@ -98,28 +53,34 @@ def control_dir() -> Path:
 class Remote:
     """One instance as ssh sees it. Cheap to build; connections are made lazily and reused."""
 
-    def __init__(self, ctx: Context | None, instance: Instance, first_contact: bool = False):
+    def __init__(self, instance: Instance, key: Path, home: Path, ssh_config: str | None = None,
+                 first_contact: bool = False):
         if instance.ssh is None:
             raise SSHError(
                 f"instance {instance.name} has no ssh endpoint (status {instance.status.value})",
-                hint=f"start it: inv start --name {instance.name}",
+                hint=f"start it: {cmd(f'start --name {instance.name}')}",
             )
-        self.ctx = ctx
         self.instance = instance
         self.endpoint = instance.ssh
-        self.key = keys.private_key_path(ctx)
+        self.key = key
+        self.home = home
+        self.ssh_config = ssh_config
         self.first_contact = first_contact
+
+    @property
+    def known_hosts(self) -> Path:
+        return known_hosts.path(self.home)
 
     # OpenSSH ------------------------------------------------------------------
     def ssh_options(self) -> list[str]:
-        control = control_dir() / hashlib.sha1(
+        control = control_dir(self.home) / hashlib.sha1(
             f"{self.endpoint.user}@{self.endpoint.host}:{self.endpoint.port}".encode()
         ).hexdigest()[:16]
         strict = "accept-new" if self.first_contact else "yes"
         opts = {
             "IdentityFile": str(self.key),
             "IdentitiesOnly": "yes",
-            "UserKnownHostsFile": str(known_hosts_path()),
+            "UserKnownHostsFile": str(self.known_hosts),
             "GlobalKnownHostsFile": "/dev/null",
             "StrictHostKeyChecking": strict,
             "HashKnownHosts": "no",
@@ -134,7 +95,7 @@ class Remote:
             "LogLevel": "ERROR",
         }
         opts["HostKeyAlias"] = self.endpoint.known_hosts_name  # pins stay filed under the provider's address
-        argv = [*ssh_config_args(self.ctx), *port_args(self.endpoint), "-l", self.endpoint.user]
+        argv = [*ssh_config_args(self.ssh_config), *port_args(self.endpoint), "-l", self.endpoint.user]
         for key, value in opts.items():
             argv += ["-o", f"{key}={value}"]
         return argv
@@ -176,13 +137,11 @@ class Remote:
         except subprocess.TimeoutExpired:
             raise SSHError(
                 f"{self.instance.name} did not answer within {timeout:.0f}s",
-                hint=f"check it is running: inv status --name {self.instance.name}",
+                hint=f"check it is running: {cmd(f'status --name {self.instance.name}')}",
             ) from None
         if proc.returncode == 255:
             raise self.classify_failure(proc.stderr.decode(errors="replace"))
         if check and proc.returncode != 0:
-            from .errors import RemoteCommandError
-
             detail = proc.stderr.decode(errors="replace").strip().splitlines()
             raise RemoteCommandError(
                 f"remote command failed with exit status {proc.returncode} on {self.instance.name}"
@@ -194,18 +153,18 @@ class Remote:
         """Turn OpenSSH's exit 255 chatter into one line and the fix."""
         name = self.endpoint.known_hosts_name
         if "Host key verification failed" in stderr and "REMOTE HOST IDENTIFICATION HAS CHANGED" not in stderr \
-                and not is_pinned(self.endpoint):
+                and not known_hosts.pinned(self.endpoint, self.home):
             return HostKeyError(
                 f"no pinned host key for {self.instance.name} ({name})",
-                hint=f"pin it by reconnecting through ferry: inv launch --name {self.instance.name}",
+                hint=f"pin it by reconnecting through ferry: {cmd(f'launch --name {self.instance.name}')}",
             )
         if "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr or "Host key verification failed" in stderr:
             return HostKeyError(
                 f"the host key of {self.instance.name} ({name}) does not match the one ferry pinned",
                 hint=(
                     "if the instance was rebuilt, forget the old key: "
-                    f"ssh-keygen -R {shlex.quote(name)} -f {shlex.quote(str(known_hosts_path()))} ; "
-                    f"then pin the new one: inv launch --name {self.instance.name} ; "
+                    f"ssh-keygen -R {shlex.quote(name)} -f {shlex.quote(str(self.known_hosts))} ; "
+                    f"then pin the new one: {cmd(f'launch --name {self.instance.name}')} ; "
                     "otherwise someone may be intercepting the connection"
                 ),
             )
@@ -213,7 +172,7 @@ class Remote:
         reason = lines[-1] if lines else "ssh exited with status 255"
         return SSHError(
             f"cannot reach {self.instance.name} at {self.endpoint.user}@{self.endpoint.host}:{self.endpoint.port}: {reason}",
-            hint=f"check it is running: inv status --name {self.instance.name}",
+            hint=f"check it is running: {cmd(f'status --name {self.instance.name}')}",
         )
 
     def check(self, timeout: float = 20) -> None:
@@ -238,7 +197,7 @@ class Remote:
         class PromptRemote(FabricRemote):
             input_sleep = 0.001  # invoke polls every 10 ms by default; that alone costs ~10 ms a command
 
-        user_ssh_config = ssh_config_args(self.ctx)  # the same ssh_config OpenSSH gets with -F
+        user_ssh_config = ssh_config_args(self.ssh_config)  # the same ssh_config OpenSSH gets with -F
         fab_config = fabric.Config(
             overrides={"runners": {"remote": PromptRemote}},
             runtime_ssh_path=user_ssh_config[1] if user_ssh_config else None,
@@ -251,7 +210,7 @@ class Remote:
             connect_kwargs={"key_filename": str(self.key), "look_for_keys": False, "allow_agent": False},
         )
         conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        conn.client.load_host_keys(str(known_hosts_path()))
+        conn.client.load_host_keys(str(self.known_hosts))
         # The pin is filed under the provider's address (HostKeyAlias for OpenSSH); when ssh_config
         # renames the host, paramiko looks under the new name, so file the same key there too.
         host_keys = conn.client.get_host_keys()
@@ -268,10 +227,9 @@ class Remote:
         return conn
 
 
-def ssh_config_args(ctx) -> list[str]:
+def ssh_config_args(ssh_config: str | None) -> list[str]:
     """``-F <ferry.ssh_config>`` when set: OpenSSH reads ~/.ssh/config of the passwd home, never $HOME."""
-    path = config.settings(ctx).get("ssh_config")
-    return ["-F", str(Path(path).expanduser())] if path else []
+    return ["-F", str(Path(ssh_config).expanduser())] if ssh_config else []
 
 
 def port_args(endpoint: SSHEndpoint) -> list[str]:
@@ -279,7 +237,7 @@ def port_args(endpoint: SSHEndpoint) -> list[str]:
     return [] if endpoint.port == 22 else ["-p", str(endpoint.port)]
 
 
-def socket_target(endpoint: SSHEndpoint, ctx=None) -> tuple[str, int] | None:
+def socket_target(endpoint: SSHEndpoint, ssh_config: str | None = None) -> tuple[str, int] | None:
     """Where a raw TCP probe should go once the user's ssh_config has had its say.
 
     ``ssh -G`` prints the configuration OpenSSH would use (HostName, Port,
@@ -287,7 +245,7 @@ def socket_target(endpoint: SSHEndpoint, ctx=None) -> tuple[str, int] | None:
     direct socket to probe: None.
     """
     proc = subprocess.run(
-        [require("ssh"), "-G", *ssh_config_args(ctx), *port_args(endpoint), "-l", endpoint.user, endpoint.host],
+        [require("ssh"), "-G", *ssh_config_args(ssh_config), *port_args(endpoint), "-l", endpoint.user, endpoint.host],
         capture_output=True, text=True, stdin=subprocess.DEVNULL,
     )
     if proc.returncode != 0:

@@ -16,7 +16,9 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Callable
 
+from . import backoff
 from .errors import FerryError
 from .tools import require
 
@@ -46,21 +48,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def wait_for_banner(host: str, port: int, timeout: float) -> None:
+def wait_for_banner(host: str, port: int, timeout: float, on_wait: Callable[[float], None] | None = None) -> None:
     """Block until something on host:port speaks SSH (the cheapest sign sshd is really up)."""
-    deadline = time.monotonic() + timeout
-    delay = 0.02
-    while True:
+
+    def speaks_ssh() -> bool | None:
         try:
             with socket.create_connection((host, port), timeout=2) as sock:
-                if sock.recv(4).startswith(b"SSH-"):
-                    return
+                return True if sock.recv(4).startswith(b"SSH-") else None
         except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise FerryError(f"no ssh server answered on {host}:{port} within {timeout:.0f}s")
-        time.sleep(delay)
-        delay = min(delay * 2, 1.0)
+            return None
+
+    if backoff.poll(speaks_ssh, timeout, first=0.02, cap=1.0, on_wait=on_wait) is None:
+        raise FerryError(f"no ssh server answered on {host}:{port} within {timeout:.0f}s",
+                         hint="raise --launch-timeout (ferry.launch_timeout), or check the instance's console")
 
 
 def pid_alive(pid: int | None) -> bool:

@@ -21,61 +21,50 @@ replaced either: only files in the instance's record of what ferry sent go
 the ordinary way; every other file goes with ``--ignore-existing``, so a
 copy the instance already has is kept and reported, never overwritten (else
 ``download`` mid-run, then ``sync``, would put the stale copy back over the
-job's final one). Such kept files are remembered beside the local record
-(``<key>.kept.json``, tied to its token) with their local stat, so a no-op
-stays free of network and each is reported once per local change. Whatever
+job's final one). Such kept files are remembered in the local record with
+their local stat, so a no-op stays free of network and each is reported
+once per local change. Whatever
 a sync does replace remotely is first moved aside by rsync's ``--backup``
 into ``~/.ferry/replaced/<stamp>/`` on the instance.
 
-Down: rsync from the workdir (or named paths) that never deletes a local
-file, keeps a local file that is newer, and replaces an older one only after
-keeping its previous content under ``.ferry/backups/<stamp>/`` (or
-``<--backup-dir>/<stamp>/``): a new directory per download, so no backup
-ever overwrites an earlier one.
+Down is download.py.
 
-Every transfer shows a progress bar on a terminal once it has run a second,
-and every call returns a SyncResult whose summary says files, bytes, seconds.
+The rsync and tar processes themselves are rsync.py's; every record of
+what was sent is manifest.py's. Every transfer shows a progress bar on a
+terminal once it has run a second, and every call returns a SyncResult whose
+summary says files, bytes, seconds (and is logged, so any caller shows it).
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import os
-import re
 import shlex
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from typing import AbstractSet, Callable, Iterable, Sequence
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, AbstractSet, Callable, Iterable, Sequence
 
-from invoke import Context
-
-from . import config, fileset
-from .errors import FerryError, RemoteCommandError, UsageError
+from . import fileset, rsync
+from .errors import FerryError, UsageError, cmd
 from .fileset import DEFAULT_EXCLUDES, FileSet, Stat
-from .instance import Instance
-from .lifecycle import workdir
-from .manifest import (LocalRecord, ManifestChanged, NoPython, RemoteManifest, cache_path, local_key, new_token,
-                       remote_key)
-from .remote import Remote
-from .state import write_atomic
-from .tools import require, which
+from .manifest import LocalRecord, ManifestChanged, NoPython, RemoteManifest, cache_path, local_key, new_token, remote_key
+from .output import size as _human
+from .rsync import ITEM_FORMAT, RSYNC_FLAGS, Sent
 
-__all__ = ["sync_up", "download", "report", "SyncResult", "DEFAULT_EXCLUDES", "DELETE_MODES"]
+if TYPE_CHECKING:
+    from .box import Box
+
+log = logging.getLogger(__name__)
+
+__all__ = ["upload", "report", "SyncResult", "DEFAULT_EXCLUDES", "DELETE_MODES"]
 
 DELETE_MODES = ("sent", "never")
 LIST_LIMIT = 1000  # changed files sent as an explicit list; more than this and the filtered tree walk is cheaper
-RSYNC_FLAGS = ["-rlpt", "--protect-args", "--stats"]
-ALWAYS_EXCLUDE_DOWN = ("/.ferry/", ".git")  # never pulled, even with --all
-CONNECTION_EXITS = {10, 12, 30, 35, 255}  # socket I/O, protocol stream, timeouts, ssh itself
 REPLACED_DIR = ".ferry/replaced"  # on the instance, under its home: what a sync replaced, one dir per sync
 KEEP_REPLACED = 10  # the newest backup dirs kept there; older ones go (they would grow without bound)
-ITEM_FORMAT = "--out-format=%i %n"
-ITEM = re.compile(r"([<>ch.*][fdLDS][^ ]{9}) (.*)\Z", re.S)
-Log = Callable[[str], None]
+
 
 @dataclass
 class SyncResult:
@@ -127,182 +116,18 @@ def _s(n) -> str:
     return "" if n == 1 else "s"
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
-
-
-def _stamp() -> str:
+def stamp() -> str:
     """A name for one run's backups: sorts by time (to the microsecond), and pid plus random make it unique."""
     now = time.time()
     return f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}.{int(now % 1 * 1e6):06d}-{os.getpid()}-" \
            f"{os.urandom(2).hex()}"
 
 
-def _unescape(name: str) -> str:
-    """A name as rsync prints it (``\\#ooo`` for control and non-ASCII bytes) back to the real one."""
-    if "\\#" not in name:
-        return name
-    raw = re.sub(rb"\\#([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), name.encode("utf-8", "surrogateescape"))
-    return raw.decode("utf-8", "surrogateescape")
-
-
-@dataclass
-class _Sent:
-    """What one or more upload rsyncs did, from their ``--stats`` and ``%i %n`` lines."""
-
-    files: int = 0
-    bytes: int = 0
-    sent: list[str] = field(default_factory=list)  # files and links sent (or, in a dry run, that would be)
-    replaced: list[str] = field(default_factory=list)  # of those, the ones that replaced a remote file
-    tried_new: set[str] = field(default_factory=set)  # sent with --ignore-existing (ferry never sent them)
-    kept: list[str] = field(default_factory=list)  # of those, the ones not sent: the instance has its own copy
-
-    def add(self, out: str) -> None:
-        files, size = _parse_stats(out)
-        self.files, self.bytes = self.files + files, self.bytes + size
-        for line in out.split("\n"):
-            m = ITEM.match(line.rstrip("\r"))
-            if not m or m.group(1)[0] not in "<c" or m.group(1)[1] == "d":
-                continue
-            name = _unescape(m.group(2))
-            self.sent.append(name)
-            if m.group(1)[2:] != "+" * 9:  # (a file that became a link shows as new: not counted, still backed up)
-                self.replaced.append(name)
-
-
-def _parse_stats(text: str) -> tuple[int, int]:
-    files = re.search(r"Number of regular files transferred: ([\d,.]+)", text)
-    size = re.search(r"Total transferred file size: ([\d,.]+)", text)
-    as_int = lambda m: int(re.sub(r"[,.]", "", m.group(1))) if m else 0  # noqa: E731
-    return as_int(files), as_int(size)
-
-
-# -- running rsync (and tar) with a progress bar on a terminal -------------------------------
-PROGRESS_AFTER = 1.0  # seconds a transfer runs before its bar appears (short ones stay quiet)
-PROGRESS = re.compile(rb"^\s*([\d,.]+)\s+(\d+)%\s+(\S+/s)\s+(\d+:\d\d:\d\d)")
-
-
-class ProgressBar:
-    """One line on stderr, drawn only once a transfer has run ``after`` seconds, wiped at the end."""
-
-    def __init__(self, label: str, after: float | None = None, stream=None):
-        self.label, self.stream = label, stream or sys.stderr
-        self.after = PROGRESS_AFTER if after is None else after
-        self.started = time.monotonic()
-        self.drawn = False
-        self.last = 0.0
-
-    def update(self, done: int, percent: int | None = None, rate: str | None = None, total: int | None = None) -> None:
-        now = time.monotonic()
-        if now - self.started < self.after or (self.drawn and now - self.last < 0.1):
-            return
-        self.last = now
-        if percent is None and total:
-            percent = min(100, int(100 * done / total))
-        if rate is None:
-            rate = f"{_human(done / max(now - self.started, 1e-6))}/s"
-        self.stream.write(f"\r{self.label} {percent if percent is not None else '?':>3}%  {_human(done)}  {rate}\x1b[K")
-        self.stream.flush()
-        self.drawn = True
-
-    def close(self) -> None:
-        if self.drawn:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
-
-
-def _progress_wanted(progress: bool | None) -> bool:
+# -- up --------------------------------------------------------------------------------------------
+def progress_wanted(progress: bool | None) -> bool:
     return sys.stderr.isatty() if progress is None else progress
 
 
-def _raise_for(code: int, stderr: bytes, remote: Remote, what: str = "rsync") -> None:
-    if code in (0, 24):  # 24: a file vanished while sending, which is fine
-        return
-    text = stderr.decode(errors="replace")
-    if code == 255 or (code in CONNECTION_EXITS and re.search(
-            r"connection unexpectedly closed|Broken pipe|Connection (refused|reset|closed|timed out)|"
-            r"error in socket IO|protocol data stream|timeout", text)):
-        raise remote.classify_failure(text)
-    if code == 20:
-        raise KeyboardInterrupt
-    lines = [l for l in text.splitlines() if l.strip() and not l.startswith("rsync error:")]
-    raise RemoteCommandError(
-        f"{what} failed (exit {code}): {lines[0] if lines else text.strip() or 'no message'}",
-        hint="run again with --debug for details",
-    )
-
-
-def _run_rsync(argv: list[str], remote: Remote, progress: bool, label: str) -> str:
-    """Run rsync; return its stdout (stats, itemized lines). Connection failures raise SSHError."""
-    if not progress:
-        proc = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL)
-        _raise_for(proc.returncode, proc.stderr, remote)
-        return proc.stdout.decode("utf-8", "replace")
-    argv = [argv[0], "--info=progress2", *argv[1:]]
-    bar = ProgressBar(label)
-    out = bytearray()
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
-        try:
-            pending = b""
-            assert proc.stdout is not None
-            while True:
-                chunk = proc.stdout.read1(65536)
-                if not chunk:
-                    break
-                pending += chunk
-                cut = max(pending.rfind(b"\r"), pending.rfind(b"\n"))
-                if cut < 0:
-                    continue
-                for seg in re.split(rb"(?<=[\r\n])", pending[: cut + 1]):
-                    m = PROGRESS.match(seg)
-                    if m:
-                        bar.update(int(re.sub(rb"[,.]", b"", m.group(1))), int(m.group(2)), m.group(3).decode())
-                    elif seg.strip():
-                        out += seg.rstrip(b"\r") if seg.endswith(b"\r") else seg
-                pending = pending[cut + 1:]
-            out += pending
-            code = proc.wait()
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        finally:
-            bar.close()
-        err.seek(0)
-        _raise_for(code, err.read(), remote)
-    return out.decode("utf-8", "replace")
-
-
-def _rule_file(rules: Sequence[str]) -> str:
-    fd, path = tempfile.mkstemp(prefix="ferry-rules-")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(b"".join(r.encode("utf-8", "surrogateescape") + b"\0" for r in rules))
-    return path
-
-
-_GNU_TAR: list[str | None] = []
-
-
-def _gnu_tar() -> str | None:
-    """GNU tar, whose ``--verbatim-files-from`` reads any name literally (bsdtar would take ``-C`` lines as options)."""
-    if not _GNU_TAR:
-        tar = which("tar")
-        ok = False
-        if tar:
-            try:
-                ok = b"GNU tar" in subprocess.run([tar, "--version"], capture_output=True, timeout=10).stdout
-            except (OSError, subprocess.SubprocessError):
-                ok = False
-        _GNU_TAR.append(tar if ok else None)
-    return _GNU_TAR[0]
-
-
-# -- up --------------------------------------------------------------------------------------------
 def _skip_rules(skip: Iterable[str], files: AbstractSet[str]) -> list[str]:
     """Anchored excludes for ``skip``: a directory holding none of the other ``files`` goes as one rule."""
     skip = list(skip)
@@ -326,23 +151,23 @@ def _skip_rules(skip: Iterable[str], files: AbstractSet[str]) -> list[str]:
 class _Up:
     """One upload: the scan, the local record, the instance's record, and the transfers between them."""
 
-    def __init__(self, ctx: Context | None, instance: Instance, delete: str, progress: bool):
-        self.ctx = ctx
+    def __init__(self, box: "Box", delete: str, progress: bool):
+        instance = box.instance
         self.instance = instance
-        self.project = config.project_dir(ctx)
-        self.remote = Remote(ctx, instance)
-        self.target = workdir(ctx, instance)
+        self.project = box.project_dir
+        self.remote = box.remote
+        self.target = box.workdir
         self.delete = delete
         self.progress = progress
         self.record = LocalRecord.load(cache_path(self.project, local_key(instance, self.target)))
-        self.kept = self._load_kept()
-        self.manifest = RemoteManifest(self.remote, self.target, remote_key(config.project_name(ctx), self.target))
+        self.kept = self.record.kept if self.record.valid else {}
+        self.manifest = RemoteManifest(self.remote, self.target, remote_key(box.settings.project, self.target))
         known: AbstractSet[str] = frozenset()
         if self.record.valid:
             known = self.record.files.keys() | self.kept.keys() if self.kept else self.record.files.keys()
         self.fs: FileSet = fileset.scan(self.project, known, self.record.spec_hash)
         home = (instance.remote_home or str(PurePosixPath(self.target).parent)).rstrip("/")
-        self.replaced_dir = f"{home}/{REPLACED_DIR}/{_stamp()}"
+        self.replaced_dir = f"{home}/{REPLACED_DIR}/{stamp()}"
 
     @property
     def rsync_path(self) -> str:
@@ -350,22 +175,6 @@ class _Up:
         replaced_root = shlex.quote(str(PurePosixPath(self.replaced_dir).parent))
         prune = f"(cd {replaced_root} 2>/dev/null && ls -1 | head -n -{KEEP_REPLACED} | xargs -r -d '\\n' rm -rf --)"
         return f"mkdir -p {shlex.quote(self.target)} && {{ {prune}; true; }} && rsync"
-
-    @property
-    def _kept_path(self) -> Path:
-        return self.record.path.with_name(self.record.path.stem + ".kept.json")
-
-    def _load_kept(self) -> dict[str, Stat]:
-        """Files the instance had its own copy of at the last sync, with their local stat then (see the docstring)."""
-        if not self.record.valid:
-            return {}
-        try:
-            data = json.loads(self._kept_path.read_text(encoding="utf-8", errors="surrogateescape"))
-            if data.get("token") != self.record.token:
-                return {}
-            return {k: tuple(v) for k, v in data["files"].items()}  # type: ignore[misc]
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return {}  # missing or unreadable: those files are simply offered again, with --ignore-existing
 
     def _split(self, previously: dict[str, Stat]) -> tuple[dict[str, Stat], dict[str, Stat]]:
         """(to delete remotely, to keep listing as sent): only files gone from the local disk count as deleted."""
@@ -380,19 +189,14 @@ class _Up:
         return {**files, **extra}
 
     def _commit(self, token: str, extra: dict[str, Stat], kept: dict[str, Stat]) -> None:
-        """Save the local record (the kept list first: a crash between the two leaves it stale, so ignored)."""
+        """Save the local record, kept list and all, in one atomic write."""
         rec = self.record
-        if kept:
-            body = {"token": token, "files": kept}
-            write_atomic(self._kept_path, json.dumps(body, separators=(",", ":")).encode("utf-8", "surrogateescape"))
-        else:
-            self._kept_path.unlink(missing_ok=True)
         files = {p: s for p, s in self.fs.files.items() if p not in kept} if kept else self.fs.files
-        rec.token, rec.spec_hash, rec.files, rec.extra = token, self.fs.spec_hash, files, extra
+        rec.token, rec.spec_hash, rec.files, rec.extra, rec.kept = token, self.fs.spec_hash, files, extra, kept
         rec.save()
         self.kept = kept
 
-    def _finish(self, result: SyncResult, done: _Sent) -> None:
+    def _finish(self, result: SyncResult, done: Sent) -> None:
         result.files, result.bytes = done.files, done.bytes
         result.kept_unsent = sorted(done.kept)
         result.replaced = done.replaced
@@ -424,7 +228,7 @@ class _Up:
         elif changed:
             done = self._send(sorted(changed), sent_before)
         else:
-            done = _Sent()
+            done = Sent()
         kept = {p: s for p, s in kept.items() if p not in done.tried_new}
         kept.update((p, self.fs.files[p]) for p in done.kept)
         self._finish(result, done)
@@ -439,7 +243,7 @@ class _Up:
         if to_delete:
             self._delete(to_delete, current, result, extra)
         kept: dict[str, Stat] = {}
-        if not occupied and _gnu_tar() and self.fs.files:
+        if not occupied and rsync.gnu_tar() and self.fs.files:
             self._tar(result)  # an empty workdir: nothing there to overwrite
         else:
             done = self._send(None, sent_before)
@@ -476,7 +280,7 @@ class _Up:
             self._delete(to_delete, current, result, {}, dry_run=True)
 
     # the transfers -----------------------------------------------------------------------------------
-    def _send(self, paths: Sequence[str] | None, sent_before: dict[str, Stat], dry_run: bool = False) -> _Sent:
+    def _send(self, paths: Sequence[str] | None, sent_before: dict[str, Stat], dry_run: bool = False) -> Sent:
         """Send ``paths`` (None: the whole file set) such that only a file ferry sent before replaces a remote one.
 
         Files in the instance's record (``sent_before``) go the ordinary way, each replaced remote file moved
@@ -485,7 +289,7 @@ class _Up:
         known to differ from what ferry sent goes with ``--ignore-times``: rsync's quick check compares whole
         seconds, so a same-size edit within the second would otherwise stay behind while recorded as sent.
         """
-        done = _Sent()
+        done = Sent()
         if paths is None:
             ours = [p for p in self.fs.files if p in sent_before]
             new = [p for p in self.fs.files if p not in sent_before]
@@ -521,100 +325,36 @@ class _Up:
             argv += ["--backup", f"--backup-dir={self.replaced_dir}", f"--rsync-path={self.rsync_path}"]
         return argv
 
-    def _rsync_tree(self, done: _Sent, how: str, skip: Iterable[str] = (), dry_run: bool = False) -> None:
+    def _rsync_tree(self, done: Sent, how: str, skip: Iterable[str] = (), dry_run: bool = False) -> None:
         """One recursive rsync of the file set (less ``skip``), driven by the file set's exclude rules."""
-        rsync = require("rsync", "ferry syncs files with rsync")
-        rules = _rule_file([*self.fs.exclude_rules(), *_skip_rules(skip, self.fs.files)])
+        rules = rsync.rule_file([*self.fs.exclude_rules(), *_skip_rules(skip, self.fs.files)])
         try:
-            argv = [rsync, *RSYNC_FLAGS, "--prune-empty-dirs", "--from0", f"--exclude-from={rules}",
+            argv = [rsync.rsync_binary(), *RSYNC_FLAGS, "--prune-empty-dirs", "--from0", f"--exclude-from={rules}",
                     "-e", self.remote.rsync_rsh(), *self._guard_args(how, dry_run),
                     f"{self.project}/", f"{self.remote.rsync_target}{self.target}/"]
-            done.add(_run_rsync(argv, self.remote, self.progress and not dry_run, "sending"))
+            done.add(rsync.run(argv, self.remote, self.progress and not dry_run, "sending"))
         finally:
             os.unlink(rules)
 
-    def _rsync_list(self, paths: Sequence[str], done: _Sent, how: str, dry_run: bool = False) -> None:
-        rsync = require("rsync", "ferry syncs files with rsync")
-        listing = _rule_file(paths)
+    def _rsync_list(self, paths: Sequence[str], done: Sent, how: str, dry_run: bool = False) -> None:
+        listing = rsync.rule_file(paths)
         try:
-            argv = [rsync, "-lpt", "--protect-args", "--stats", "--from0", f"--files-from={listing}",
+            argv = [rsync.rsync_binary(), "-lpt", "--protect-args", "--stats", "--from0", f"--files-from={listing}",
                     "--ignore-missing-args", "-e", self.remote.rsync_rsh(), *self._guard_args(how, dry_run),
                     f"{self.project}/", f"{self.remote.rsync_target}{self.target}/"]
-            done.add(_run_rsync(argv, self.remote, self.progress and not dry_run, "sending"))
+            done.add(rsync.run(argv, self.remote, self.progress and not dry_run, "sending"))
         finally:
             os.unlink(listing)
 
     def _tar(self, result: SyncResult) -> None:
         """An empty workdir: one uncompressed tar stream, the cheapest first copy (mtimes kept to the ns)."""
-        tar = _gnu_tar()
-        assert tar
-        listing = _rule_file(sorted(self.fs.files))
         total = self.fs.total_bytes
-        remote_cmd = f"mkdir -p {shlex.quote(self.target)} && exec tar -xpf - -C {shlex.quote(self.target)}"
-        try:
-            with tempfile.TemporaryFile() as tar_err:
-                maker = subprocess.Popen(
-                    [tar, "-cf", "-", "--format=posix", "--pax-option=delete=atime,delete=ctime",
-                     "--numeric-owner", "--owner=0", "--group=0", "--ignore-failed-read",
-                     "--null", "--verbatim-files-from", "-T", listing],
-                    cwd=self.project, stdout=subprocess.PIPE, stderr=tar_err, stdin=subprocess.DEVNULL,
-                )
-                assert maker.stdout is not None
-                try:
-                    if self.progress:
-                        code, err = self._pump(maker.stdout, remote_cmd, total)
-                    else:
-                        taker = subprocess.run(self.remote.ssh_argv() + [remote_cmd], stdin=maker.stdout,
-                                               capture_output=True)
-                        code, err = taker.returncode, taker.stderr
-                finally:
-                    maker.stdout.close()
-                    made = maker.wait()
-                tar_err.seek(0)
-                made_err = tar_err.read()
-        finally:
-            os.unlink(listing)
-        _raise_for(code, err, self.remote, what="tar on the instance")
-        if made not in (0, 1):  # 1: a file changed while it was read; the next sync sends it again
-            raise FerryError(f"tar failed (exit {made}): {made_err.decode(errors='replace').strip()[:300]}")
+        rsync.tar_stream(self.project, list(self.fs.files), total, self.remote, self.target, self.progress)
         result.files, result.bytes = len(self.fs.files), total
 
-    def _pump(self, source, remote_cmd: str, total: int) -> tuple[int, bytes]:
-        bar = ProgressBar("sending")
-        taker = subprocess.Popen(self.remote.ssh_argv() + [remote_cmd], stdin=subprocess.PIPE,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        assert taker.stdin is not None and taker.stderr is not None
-        done = 0
-        try:
-            while True:
-                chunk = source.read1(1 << 20)
-                if not chunk:
-                    break
-                try:
-                    taker.stdin.write(chunk)
-                except BrokenPipeError:
-                    break
-                done += len(chunk)
-                bar.update(done, total=total)
-            taker.stdin.close()
-            err = taker.stderr.read()
-            return taker.wait(), err
-        except BaseException:
-            taker.kill()
-            taker.wait()
-            raise
-        finally:
-            bar.close()
 
-
-def sync_up(
-    ctx: Context | None,
-    instance: Instance,
-    dry_run: bool = False,
-    delete: str = "sent",
-    full: bool = False,
-    progress: bool | None = None,
-) -> SyncResult:
+def upload(box: "Box", dry_run: bool = False, delete: str = "sent", full: bool = False,
+           progress: bool | None = None, announce: bool = True) -> SyncResult:
     """Make ``<workdir_root>/<project>`` hold the project's file set; see the module docstring for how.
 
     ``delete="sent"`` deletes remotely the files ferry sent before that are now
@@ -626,7 +366,7 @@ def sync_up(
     if delete not in DELETE_MODES:
         raise UsageError(f"bad --delete value {delete!r}", hint=f"use one of: {', '.join(DELETE_MODES)}")
     started = time.monotonic()
-    up = _Up(ctx, instance, delete, _progress_wanted(progress))
+    up = _Up(box, delete, progress_wanted(progress))
     result = SyncResult(dry_run=dry_run)
     if dry_run:
         result.how = "dry-run"
@@ -647,142 +387,35 @@ def sync_up(
                 up.record.token = ""  # someone else synced to this workdir: compare everything
                 if attempt == 2:
                     raise FerryError(
-                        f"another sync to {instance.name} kept changing its record of sent files",
-                        hint="let the other sync finish, then run: inv sync",
+                        f"another sync to {box.name} kept changing its record of sent files",
+                        hint=f"let the other sync finish, then run: {cmd('sync')}",
                     ) from None
     result.fileset = up.fs
     result.seconds = time.monotonic() - started
+    if announce:
+        report(result, "would send" if dry_run else "synced")
     return result
 
 
-# -- down ------------------------------------------------------------------------------------------
-def _check_relative(path: str) -> str:
-    clean = PurePosixPath(path)
-    if clean.is_absolute() or ".." in clean.parts or not str(clean).strip() or str(clean) == ".":
-        raise UsageError(
-            f"bad download path {path!r}",
-            hint="name a path inside the instance's workdir, relative to it (e.g. outputs/run1)",
-        )
-    return str(clean)
+def report(result: SyncResult, verb: str, say: Callable[[str], None] | None = None) -> None:
+    """Every file a download skipped or backed up, every remote file an upload kept, then the one-line summary.
 
-
-def _check_pattern(pattern: str, flag: str) -> str:
-    if not pattern or "\0" in pattern or "\n" in pattern:
-        raise UsageError(f"bad {flag} pattern {pattern!r}", hint=f"give a pattern such as {flag} '*.json'")
-    return pattern
-
-
-def download_rules(paths: Sequence[str], include: Sequence[str], exclude: Sequence[str], everything: bool) -> list[str]:
-    """rsync filter rules for a download: user includes win, then user excludes, then the default list."""
-    rules = [f"- {p}" for p in ALWAYS_EXCLUDE_DOWN]
-    rules += [f"+ {_check_pattern(p, '--include')}" for p in include]
-    rules += [f"- {_check_pattern(p, '--exclude')}" for p in exclude]
-    if not everything and not paths:  # a path named on the command line comes whole
-        rules += [f"- {p}" for p in DEFAULT_EXCLUDES]
-    return rules
-
-
-def download(
-    ctx: Context | None,
-    instance: Instance,
-    paths: Sequence[str] = (),
-    dry_run: bool = False,
-    force: bool = False,
-    backup_dir: str | os.PathLike | None = None,
-    everything: bool = False,
-    include: Sequence[str] = (),
-    exclude: Sequence[str] = (),
-    progress: bool | None = None,
-) -> SyncResult:
-    """Pull the workdir (or paths in it) into the project. Never deletes a local file.
-
-    A local file that differs and is newer is kept (``result.skipped``) unless
-    ``force``; one that is replaced has its previous content kept under
-    a new ``<stamp>/`` directory under ``backup_dir`` (default ``.ferry/backups/``), so no
-    earlier backup is ever overwritten (``result.backed_up``, ``result.backup_dir``).
-    The default exclude list (venvs, caches, weights, ``outputs/``, secrets)
-    applies to a whole-workdir pull unless ``everything``; named ``paths`` come
-    whole. ``include``/``exclude`` are rsync patterns (``*.json``, ``logs/``),
-    includes winning.
+    Logged at INFO (so a recipe shows the same lines as a task), or handed to
+    ``say`` (``sync --watch`` stamps each line with the time).
     """
-    rsync = require("rsync", "ferry downloads files with rsync")
-    project = config.project_dir(ctx)
-    remote = Remote(ctx, instance)
-    source = workdir(ctx, instance)
-    wanted = [_check_relative(p) for p in paths]
-    rules = download_rules(wanted, include, exclude, everything)
-    started = time.monotonic()
-    if wanted:
-        probe = "cd " + shlex.quote(source) + " && for p in " + " ".join(shlex.quote(p) for p in wanted) + \
-            '; do [ -e "$p" ] || [ -L "$p" ] || printf "%s\\0" "$p"; done'
-        proc = remote.run(probe, check=False)
-        missing = [p for p in proc.stdout.decode(errors="replace").split("\0") if p]
-        if proc.returncode != 0 and not missing:
-            raise FerryError(
-                f"{instance.name} has no workdir for this project yet ({source})",
-                hint="send the project first: inv sync",
-            )
-        if missing:
-            raise FerryError(
-                f"not on {instance.name}: {', '.join(missing)}",
-                hint=f"list what is there: inv ssh --name {instance.name}  (then ls {shlex.quote(source)})",
-            )
-        sources = [f"{remote.rsync_target}{source}/./{p}" for p in wanted]
-        extra = ["--relative"]
-    else:
-        sources = [f"{remote.rsync_target}{source}/"]
-        extra = []
-    # A new directory per download, also inside a --backup-dir given again: rsync overwrites a file already
-    # in its backup dir, and that file is the only copy left of the user's original.
-    backups = (Path(backup_dir).expanduser() if backup_dir else Path(".ferry") / "backups") / _stamp()
-    if not backups.is_absolute():
-        backups = project / backups
-    rule_file = _rule_file(rules)
-    try:
-        argv = [rsync, *RSYNC_FLAGS, *extra, "--from0", f"--filter=merge {rule_file}", "-e", remote.rsync_rsh(),
-                "--info=skip1", "--out-format=%i %n", "--backup", f"--backup-dir={backups}"]
-        if not force:
-            argv.append("--update")
-        if dry_run:
-            argv.append("--dry-run")
-        argv += [*sources, f"{project}/"]
-        out = _run_rsync(argv, remote, _progress_wanted(progress) and not dry_run, "receiving")
-    finally:
-        os.unlink(rule_file)
-    result = SyncResult(how="download", dry_run=dry_run)
-    result.files, result.bytes = _parse_stats(out)
-    for line in out.splitlines():
-        if line.startswith(">f") and len(line) > 12:
-            result.received.append(_unescape(line[12:]))
-            if line[2:11] != "+++++++++":
-                result.backed_up.append(_unescape(line[12:]))
-        elif line.endswith(" is newer"):
-            result.skipped.append(_unescape(line[: -len(" is newer")]))
-    if result.backed_up:  # (a dry run names where the backups would go)
-        try:
-            result.backup_dir = str(backups.relative_to(project))
-        except ValueError:
-            result.backup_dir = str(backups)
-    result.seconds = time.monotonic() - started
-    return result
-
-
-def report(result: SyncResult, log: Log, verb: str) -> None:
-    """Every file a download skipped or backed up, every remote file an upload kept, then the one-line summary
-    (what tasks and watch print)."""
+    line = say or log.info
     for path in result.skipped:
-        log(f"kept newer local file: {path}")
+        line(f"kept newer local file: {path}")
     for path in result.backed_up:
         if result.dry_run:
-            log(f"would replace {path} (previous copy to {result.backup_dir}/{path})")
+            line(f"would replace {path} (previous copy to {result.backup_dir}/{path})")
         else:
-            log(f"backed up {path} (previous copy in {result.backup_dir}/{path})")
+            line(f"backed up {path} (previous copy in {result.backup_dir}/{path})")
     for path in result.kept_remote:
-        log(f"kept {path} on the instance: it changed there since ferry sent it")
+        line(f"kept {path} on the instance: it changed there since ferry sent it")
     for path in result.kept_unsent:
-        log(f"{'would keep' if result.dry_run else 'kept'} the instance's copy of {path}: ferry never sent it; "
-            f"download it, or delete it there and run inv sync --full to replace it")
+        line(f"{'would keep' if result.dry_run else 'kept'} the instance's copy of {path}: ferry never sent it; "
+             f"download it, or delete it there and run {cmd('sync --full')} to replace it")
     for warning in result.warnings:
-        log(f"warning: {warning}")
-    log(result.summary(verb))
-
+        line(f"warning: {warning}")
+    line(result.summary(verb))

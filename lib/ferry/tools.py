@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 
 from .errors import MissingToolError
 
@@ -21,12 +20,9 @@ EXTRA_DIRS = ("/usr/sbin", "/usr/local/sbin", "/sbin")
 
 
 def which(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    for directory in EXTRA_DIRS:
-        candidate = os.path.join(directory, name)
-        if os.access(candidate, os.X_OK):
+    for directory in (*os.get_exec_path(), *EXTRA_DIRS):  # shutil.which, without importing shutil at start-up
+        candidate = os.path.join(directory or ".", name)
+        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
             return candidate
     return None
 

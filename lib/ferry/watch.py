@@ -20,24 +20,19 @@ is all a watcher started in the background ever gets) stops it cleanly.
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable
 
-from invoke import Context
 
-from . import config, lifecycle
+from .backoff import Backoff
+from .box import Box, resolve
 from .errors import FerryError, HostKeyError, UsageError
-from .sync import report, sync_up
+from .sync import report, upload
 
-Log = Callable[[str], None]
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+log = logging.getLogger(__name__)
 
 
 class _Filter:
@@ -65,61 +60,56 @@ class _Filter:
 class _Watcher:
     """The loop's state: pending changes, the backoff after a failure, and how many syncs ran."""
 
-    def __init__(self, ctx: Context | None, name: str, delete: str, max_backoff: float, log: Log, keep: _Filter):
-        self.ctx, self.name, self.delete, self.max_backoff, self.log, self.keep = ctx, name, delete, max_backoff, log, keep
+    def __init__(self, box: Box, delete: str, max_backoff: float, keep: _Filter):
+        self.box, self.delete, self.keep = box, delete, keep
         self.syncs = 0
-        self.pending, self.first, self.failing = True, True, False
-        self.delay, self.next_try = 1.0, 0.0
+        self.pending, self.first = True, True
+        self.retry = Backoff(first=1.0, cap=max_backoff)
+        self.next_try = 0.0
 
     def _say(self, line: str) -> None:
-        self.log(f"{time.strftime('%H:%M:%S')} {line}")
+        log.info("%s %s", time.strftime("%H:%M:%S"), line)
 
     def step(self, changed: bool) -> None:
         """After a batch of changes (or a quiet timeout), sync if something is pending and backoff allows."""
         self.pending = self.pending or changed
         if not self.pending or time.monotonic() < self.next_try:
             return
+        name = self.box.name
         try:
-            instance = lifecycle.resolve(self.ctx, self.name)  # re-read: a restarted instance may have a new port
-            result = sync_up(self.ctx, instance, delete=self.delete, progress=False)
+            # Re-read the record: a restarted instance may have a new port.
+            self.box.instance = resolve(self.box.settings, name)
+            result = upload(self.box, delete=self.delete, progress=False, announce=False)
         except (HostKeyError, UsageError):
             raise
         except FerryError as exc:
-            self.next_try = time.monotonic() + self.delay
-            self._say(f"sync to {self.name} failed: {exc.message}; retrying in {self.delay:.0f}s (changes are kept)")
-            self.delay = min(self.delay * 2, self.max_backoff)
-            self.failing = True
+            delay = self.retry.failed()
+            self.next_try = time.monotonic() + delay
+            self._say(f"sync to {name} failed: {exc.message}; retrying in {delay:.0f}s (changes are kept)")
             return
-        if self.failing:
-            self._say(f"reconnected to {self.name}")
-        self.pending, self.failing, self.delay = False, False, 1.0
+        if self.retry.failing_since is not None:
+            self._say(f"reconnected to {name}")
+        self.retry.succeeded()
+        self.pending = False
         if result.fileset is not None:
             self.keep.update(result.fileset.ignored_dirs())
         if self.first or result.how != "unchanged":
             self.syncs += 1
-            report(result, self._say, "synced")
+            report(result, "synced", say=self._say)
         self.first = False
 
 
-def watch(
-    ctx: Context | None,
-    name: str | None = None,
-    delete: str = "sent",
-    debounce: float = 0.2,
-    max_backoff: float = 30.0,
-    log: Log = _stderr,
-    stop: threading.Event | None = None,
-) -> int:
+def watch(box: Box, delete: str = "sent", debounce: float = 0.2, max_backoff: float = 30.0,
+          stop: threading.Event | None = None) -> int:
     """Sync now, then after every burst of changes, until Ctrl-C, SIGTERM or ``stop``. Returns the sync count."""
     from watchfiles import watch as watch_tree  # a Rust extension: loaded only when watching
 
     if debounce < 0 or max_backoff <= 0:
         raise UsageError("debounce must be >= 0 and max_backoff > 0")
-    project = config.project_dir(ctx)
-    instance = lifecycle.resolve(ctx, name)
+    project = box.project_dir
     keep = _Filter(project)
-    watcher = _Watcher(ctx, instance.name, delete, max_backoff, log, keep)
-    log(f"watching {project} for changes (Ctrl-C stops)")
+    watcher = _Watcher(box, delete, max_backoff, keep)
+    log.info("watching %s for changes (Ctrl-C stops)", project)
     try:
         with _sigterm_as_interrupt():
             # The first sync runs at the first (timeout) yield, once the watcher is in place,
@@ -131,7 +121,7 @@ def watch(
                 watcher.step(bool(changes))
     except KeyboardInterrupt:
         pass
-    log(f"stopped watching after {watcher.syncs} sync{'s' if watcher.syncs != 1 else ''}")
+    log.info("stopped watching after %d sync%s", watcher.syncs, "s" if watcher.syncs != 1 else "")
     return watcher.syncs
 
 

@@ -1,34 +1,52 @@
-"""The contract every cloud adapts to: six verbs, plus what it can do.
+"""The contract every provider adapts to: seven verbs, the capabilities it declares, and what it is given.
 
-Everything generic (waiting, retrying, idempotency, bootstrap, ssh) lives once
-in lifecycle.py and remote.py; a provider only translates.
+A provider only translates between its cloud and ferry's records. Waiting,
+retrying (the registry, once), idempotency, the checks every launch needs,
+bootstrap and ssh live above it. Each provider *module* declares, besides
+``make(cfg)``: ``DEFAULTS`` (its settings block), ``API_KEY`` (a
+:class:`KeySource`, or None), ``SDK`` (the package it imports, or None),
+``EXTRA`` (the pip extra that installs it), ``GPUS`` (alias -> its id) and
+``STATUS`` (its states -> :class:`ferry.records.Status`).
+
+Capabilities are read, never decorative: lifecycle refuses ``--spot`` on a
+provider without ``SPOT`` before anything is created, ``stop`` without
+``STOP``, ``terminate`` without ``OWNED``, ``modify``/``clone`` without
+``MODIFY``/``CLONE``; ``offers`` asks only providers with ``OFFERS``;
+bootstrap waits for ssh only on providers with ``SSH``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol, TypeVar, runtime_checkable
+from pathlib import Path
+from typing import Any, Callable, Mapping, NamedTuple, Protocol, TypeVar
 
 from ..errors import FerryError
-from ..instance import Instance, InstanceSpec
+from ..records import Instance, InstanceSpec, Offer
 
 STOP = "stop"  # can stop and start again, keeping the disk
+OWNED = "owned"  # ferry created it, so ferry may terminate it
+SSH = "ssh"  # instances answer ssh: launch waits for it, pins the host key and bootstraps
+GPU = "gpu"  # rents GPUs: a create needs --gpu, and --gpu means something
 SPOT = "spot"  # interruptible/bid capacity
 OFFERS = "offers"  # can list priced offers before creating
-MODIFY = "modify"
-MULTI_NODE = "multi_node"
-OWNED = "owned"  # ferry created it, so ferry may terminate it
+REGION = "region"  # --region chooses where
+IMAGE = "image"  # --image chooses a container image or machine image
+PORTS = "ports"  # --ports opens ports at create
+VOLUME = "volume"  # --volume adds a persistent volume
+MODIFY = "modify"  # resize in place (lifecycle.modify)
+CLONE = "clone"  # describe an instance as a spec for a new one (lifecycle.clone)
+
+# What a spec asks for, and the capability that must be there for it.
+SPEC_NEEDS = (("spot", SPOT, "--spot"), ("region", REGION, "--region"), ("image", IMAGE, "--image"),
+              ("ports", PORTS, "--ports"), ("volume_gb", VOLUME, "--volume"))
 
 
-@dataclass
-class Offer:
-    provider: str
-    gpu: str
-    gpu_count: int
-    cost_per_hour: float
-    spot: bool = False
-    region: str | None = None
-    id: str | None = None
+class KeySource(NamedTuple):
+    """Where a provider's API key may be: an environment variable, then files under $HOME."""
+
+    variable: str
+    files: tuple[str, ...] = ()
 
 
 @dataclass
@@ -43,13 +61,23 @@ class ProviderConfig:
     settings: dict[str, Any] = field(default_factory=dict)
     api_key: Callable[[], str] = lambda: ""
     project: str = "ferry"
+    home: Path = field(default_factory=lambda: Path.home() / ".ferry")
+    user: str = field(default_factory=lambda: _local_user())
 
     @property
     def ssh_user(self) -> str | None:
         return self.settings.get("ssh_user")
 
 
-@runtime_checkable
+def _local_user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
 class Provider(Protocol):
     name: str
     capabilities: frozenset[str]
@@ -61,6 +89,8 @@ class Provider(Protocol):
     def stop(self, instance_id: str) -> Instance: ...
     def terminate(self, instance_id: str) -> None: ...  # idempotent: gone is fine
     def offers(self, gpu: str | None, count: int) -> list[Offer]: ...
+    # With MODIFY: modify(instance_id, changes: dict) -> None (checked and translated by the provider).
+    # With CLONE: spec_of(instance) -> InstanceSpec (what a new instance like it is made from).
 
 
 T = TypeVar("T")
@@ -83,19 +113,3 @@ def translated(translate: Callable[[Exception, str], Exception], what: str, fn: 
 
 def unsupported(provider: str, verb: str, hint: str | None = None) -> FerryError:
     return FerryError(f"the {provider} provider cannot {verb} instances", hint=hint)
-
-
-def find_by_name(provider: Provider, name: str) -> Instance | None:
-    """Idempotency hinges on this: the instance a name refers to, if the cloud still has it.
-
-    On a cloud ferry creates instances on, only instances carrying ferry's
-    project label count: a same-named machine made by hand is never adopted
-    (and so never terminated by ferry).
-    """
-    for instance in provider.list():
-        if instance.name != name or instance.status.value == "TERMINATED":
-            continue
-        if OWNED in provider.capabilities and provider.name != "local" and "ferry-project" not in instance.labels:
-            continue
-        return instance
-    return None

@@ -42,11 +42,25 @@ from typing import Any, Callable, Mapping
 from urllib.parse import quote, unquote
 
 from .. import gpus
-from ..errors import ConfigError, FerryError, ProviderError, TransientError
-from ..instance import Instance, InstanceSpec, SSHEndpoint, Status
-from .base import OFFERS, OWNED, SPOT, STOP, Offer
+from ..errors import ConfigError, ProviderError, TransientError, cmd
+from ..records import Instance, InstanceSpec, Offer, SSHEndpoint, Status
+from ..sshkey import KeyLine
+from . import sdk
+from .base import GPU, IMAGE, OFFERS, OWNED, PORTS, REGION, SPOT, SSH, STOP, VOLUME, KeySource
 
 log = logging.getLogger(__name__)
+
+DEFAULTS = {"ssh_user": "root", "api_url": None, "image": "runpod/pytorch:2.4.0-py3.11-cuda12.4.1-devel-ubuntu22.04",
+            "cloud_type": "ALL", "disk": 50, "volume": 0, "workdir": "/workspace"}
+API_KEY = KeySource("RUNPOD_API_KEY", (".runpod/api_key", ".runpod/config.toml"))
+SDK = "runpod"
+EXTRA = "runpod"
+GPUS = {
+    "H100": "NVIDIA H100 80GB HBM3", "H100-SXM": "NVIDIA H100 80GB HBM3", "H100-PCIE": "NVIDIA H100 PCIe",
+    "A100": "NVIDIA A100 80GB PCIe", "A100-SXM": "NVIDIA A100-SXM4-80GB", "A40": "NVIDIA A40", "L40S": "NVIDIA L40S",
+    "L4": "NVIDIA L4", "RTX4090": "NVIDIA GeForce RTX 4090", "RTX3090": "NVIDIA GeForce RTX 3090",
+    "RTX6000": "NVIDIA RTX 6000 Ada Generation", "RTXA6000": "NVIDIA RTX A6000", "V100": "Tesla V100-SXM2-16GB",
+}
 
 # RunPod's desiredStatus -> ferry's. RUNNING only means "should run": ssh is there once runtime.ports is.
 STATUS: dict[str, Status] = {
@@ -61,12 +75,10 @@ STATUS: dict[str, Status] = {
 
 CLOUD_TYPES = ("ALL", "SECURE", "COMMUNITY")
 DEFAULT_WORKDIR = "/workspace"
-TRANSIENT_MESSAGE = re.compile(
-    r"\b(429|50[0-9])\b|too many requests|rate.?limit|internal server error|bad gateway|service unavailable"
-    r"|gateway time-?out|timed? ?out|temporar(il)?y|try again later",
-    re.I,
-)
-SAFE_LITERAL = re.compile(r'^[^"\\\n\r{}\[\]]*$')
+# Patterns, compiled on first use by re's own cache (module-level compiles would cost every start-up).
+TRANSIENT_MESSAGE = (r"(?i)\b(429|50[0-9])\b|too many requests|rate.?limit|internal server error|bad gateway"
+                     r"|service unavailable|gateway time-?out|timed? ?out|temporar(il)?y|try again later")
+SAFE_LITERAL = r'^[^"\\\n\r{}\[\]]*$'
 
 
 def make(cfg) -> "RunPodProvider":
@@ -75,7 +87,7 @@ def make(cfg) -> "RunPodProvider":
 
 def _literal(value: str, what: str) -> str:
     """A value safe to inline into the SDK's GraphQL text (it does no escaping of its own)."""
-    if not SAFE_LITERAL.match(value):
+    if not re.match(SAFE_LITERAL, value):
         raise ConfigError(f"{what} {value!r} contains characters RunPod's API cannot take", hint='remove quotes, backslashes and brackets')
     return value
 
@@ -119,7 +131,7 @@ def _ssh_port(pod: dict[str, Any]) -> tuple[str, int] | None:
 
 class RunPodProvider:
     name = "runpod"
-    capabilities = frozenset({STOP, SPOT, OFFERS, OWNED})
+    capabilities = frozenset({STOP, SPOT, OFFERS, OWNED, SSH, GPU, REGION, IMAGE, PORTS, VOLUME})
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -128,14 +140,7 @@ class RunPodProvider:
 
     # -- the SDK, and its errors translated in one place -------------------------------------
     def _sdk(self):
-        try:
-            import runpod
-        except ModuleNotFoundError as exc:
-            if (exc.name or "").split(".")[0] != "runpod":
-                raise
-            raise ConfigError("the runpod provider needs the runpod package",
-                              hint="install it: pip install 'ferry[runpod]'") from None
-
+        runpod = sdk(SDK, self.name)
         if self._key is None:
             self._key = self.cfg.api_key()
         runpod.api_key = self._key
@@ -158,7 +163,7 @@ class RunPodProvider:
             ) from None
         except runpod.error.QueryError as exc:
             message = str(exc.message or exc).strip() or "unknown error"
-            if TRANSIENT_MESSAGE.search(message):
+            if re.search(TRANSIENT_MESSAGE, message):
                 raise TransientError(f"RunPod could not {what}: {message}") from None
             raise ProviderError(f"RunPod could not {what}: {message}", hint=_hint_for(message)) from None
         except requests.exceptions.JSONDecodeError:
@@ -232,24 +237,16 @@ class RunPodProvider:
     # -- create ------------------------------------------------------------------------------
     def _create_fields(self, spec: InstanceSpec) -> dict[str, Any]:
         """Everything the create needs, validated before any request (the SDK escapes nothing)."""
-        if not spec.gpu:
-            offered = sorted(a for a, e in gpus.TABLE.items() if e.get("runpod"))
-            raise ConfigError("the runpod provider needs --gpu", hint=f"one of: {', '.join(offered)}")
-        if not spec.public_key:
-            raise FerryError("no public key given for the new instance")
         count = spec.gpu_count or 1
-        gpu_id = _literal(gpus.resolve(spec.gpu, self.name, count), "GPU type")
-        key_parts = spec.public_key.split()
-        if len(key_parts) < 2:
-            raise ConfigError("ferry's ssh public key is malformed", hint="check ferry.ssh_key and its .pub file")
+        gpu_id = _literal(gpus.resolve(str(spec.gpu), self.name, count), "GPU type")
         env = {
-            "PUBLIC_KEY": _literal(" ".join(key_parts[:2]), "ssh public key"),  # the comment is not needed
+            "PUBLIC_KEY": _literal(KeyLine.parse(spec.public_key).bare, "ssh public key"),  # the comment is not needed
             "FERRY_LABELS": _encode_labels(spec.labels),
             "FERRY_GPU": gpu_id,
             "FERRY_CREATED": str(int(time.time())),
         }
         ports = ["22/tcp"] + [f"{p}/http" for p in spec.ports if p != 22]
-        volume = spec.labels.get("ferry-volume-gb") or self.settings.get("volume") or 0
+        volume = spec.volume_gb or self.settings.get("volume") or 0
         return {
             "name": spec.name,
             "image": _literal(str(spec.image or self.settings.get("image") or ""), "image"),
@@ -342,7 +339,7 @@ class RunPodProvider:
         """Resume with the pod's own GPU count (RunPod would otherwise resume with what you name)."""
         pod = self._pod(instance_id)
         if not pod:
-            raise ProviderError(f"RunPod has no pod {instance_id}", hint="list them: ferry ls --all")
+            raise ProviderError(f"RunPod has no pod {instance_id}", hint=f"list them: {cmd('ls --all')}")
         if STATUS.get(str(pod.get("desiredStatus")).upper()) == Status.RUNNING:
             return self._instance(pod)  # already resumed (a retried start)
         pod_id, count = str(pod["id"]), int(pod.get("gpuCount") or 1)

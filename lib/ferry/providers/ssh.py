@@ -25,12 +25,19 @@ import subprocess
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..errors import ConfigError, FerryError
-from ..instance import Instance, InstanceSpec, SSHEndpoint, Status
+from ..errors import ConfigError, FerryError, cmd
+from ..records import Instance, InstanceSpec, Offer, SSHEndpoint, Status
 from ..tools import require
-from .base import Offer
+from .base import SSH
 
-ENTRY = re.compile(r"^(?:(?P<user>[^@\s]+)@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s:@\[\]]+)(?::(?P<port>\d{1,5}))?$")
+DEFAULTS: dict[str, Any] = {}  # the hosts themselves are ferry.hosts
+API_KEY = None
+SDK = None
+EXTRA = None
+GPUS: dict[str, str] = {}
+STATUS = {"configured": Status.RUNNING}  # listing never connects: a configured host reads RUNNING
+
+ENTRY = r"^(?:(?P<user>[^@\s]+)@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s:@\[\]]+)(?::(?P<port>\d{1,5}))?$"  # (compiled on use)
 EXAMPLE = "ferry: {hosts: {gpu-box: 'me@10.0.0.5:22'}}"
 
 
@@ -48,7 +55,7 @@ def not_owned(name: str) -> FerryError:
 
 class SSHHostsProvider:
     name = "ssh"
-    capabilities: frozenset[str] = frozenset()  # no STOP, no OWNED: not ferry's machines
+    capabilities: frozenset[str] = frozenset({SSH})  # no STOP, no OWNED: not ferry's machines
 
     def __init__(self, hosts: Mapping[str, Any], default_user: str | None = None, ssh_config: str | None = None):
         self.hosts = dict(hosts or {})
@@ -61,7 +68,7 @@ class SSHHostsProvider:
         if isinstance(value, Mapping):
             user, host, port = value.get("user"), value.get("host"), value.get("port")
         else:
-            match = ENTRY.match(str(value or "").strip())
+            match = re.match(ENTRY, str(value or "").strip())
             if not match:
                 raise ConfigError(
                     f"ferry.hosts.{name} = {value!r} is not user@host:port or an ssh_config alias",
@@ -108,7 +115,7 @@ class SSHHostsProvider:
     def _instance(self, name: str) -> Instance:
         value = self.hosts[name]
         return Instance(
-            id=name, name=name, provider=self.name, status=Status.RUNNING, ssh=self._endpoint(name, value),
+            id=name, name=name, provider=self.name, status=STATUS["configured"], ssh=self._endpoint(name, value),
             labels={}, created_at=0.0, raw={"entry": value if isinstance(value, (str, dict)) else str(value)},
         )
 
@@ -126,7 +133,7 @@ class SSHHostsProvider:
         raise ConfigError(
             f"no host named {spec.name} in ferry.hosts (configured: {known})",
             hint=(f"add it to invoke.yaml as ferry: {{hosts: {{{spec.name}: 'user@host:port'}}}} "
-                  f"(or an ssh_config alias), then: inv launch --provider ssh --name {spec.name}"),
+                  f"(or an ssh_config alias), then: {cmd(f'launch --provider ssh --name {spec.name}')}"),
         )
 
     def start(self, instance_id: str) -> Instance:

@@ -37,11 +37,23 @@ import time
 from typing import Any, Callable, Mapping, TypeVar
 
 from .. import gpus
-from ..errors import ConfigError, ProviderError, TransientError
-from ..instance import Instance, InstanceSpec, SSHEndpoint, Status
-from .base import OFFERS, OWNED, SPOT, STOP, Offer, translated
+from ..errors import ProviderError, TransientError, cmd
+from ..records import Instance, InstanceSpec, Offer, SSHEndpoint, Status
+from ..sshkey import KeyLine
+from . import sdk
+from .base import GPU, IMAGE, OFFERS, OWNED, PORTS, REGION, SPOT, SSH, STOP, KeySource, translated
 
 T = TypeVar("T")
+
+DEFAULTS = {"ssh_user": "root", "api_url": None, "image": "pytorch/pytorch:2.4.0-cuda12.4-cudnn9-devel", "disk": 50}
+API_KEY = KeySource("VAST_API_KEY", (".config/vastai/vast_api_key", ".vast_api_key"))
+SDK = "vastai"
+EXTRA = "vast"
+GPUS = {
+    "H100": "H100 SXM", "H100-SXM": "H100 SXM", "H100-PCIE": "H100 PCIE", "A100": "A100 PCIE", "A100-SXM": "A100 SXM4",
+    "A100-40GB": "A100 PCIE", "A40": "A40", "L40S": "L40S", "L4": "L4", "RTX4090": "RTX 4090", "RTX3090": "RTX 3090",
+    "RTX6000": "RTX 6000Ada", "RTXA6000": "RTX A6000", "T4": "Tesla T4", "V100": "Tesla V100",
+}
 
 DEFAULT_URL = "https://console.vast.ai"
 TIMEOUT = 30.0  # seconds per HTTP request
@@ -105,7 +117,7 @@ def _translate(exc: Exception, what: str) -> Exception:
             return Gone(f"vast could not {what}: {detail}")
         if status in (401, 403):
             return ProviderError(f"vast refused the API key while trying to {what}: {detail}",
-                                 hint="check VAST_API_KEY (see: inv config)")
+                                 hint=f"check VAST_API_KEY (see: {cmd('config')})")
         return ProviderError(f"vast could not {what}: {detail}")
     if isinstance(exc, (requests.Timeout, requests.ConnectionError)):
         return TransientError(f"vast {what} failed: {type(exc).__name__}")
@@ -114,14 +126,9 @@ def _translate(exc: Exception, what: str) -> Exception:
     return exc
 
 
-def _key_body(public_key: str) -> str:
-    """Type and base64 of a key line: comments differ between copies of the same key."""
-    return " ".join(public_key.split()[:2])
-
-
 class VastProvider:
     name = "vast"
-    capabilities = frozenset({STOP, SPOT, OFFERS, OWNED})
+    capabilities = frozenset({STOP, SPOT, OFFERS, OWNED, SSH, GPU, REGION, IMAGE, PORTS})
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -132,12 +139,7 @@ class VastProvider:
     @property
     def client(self):
         if self._client is None:
-            try:
-                from vastai import VastAI
-            except ModuleNotFoundError as exc:
-                raise ConfigError("the vast provider needs the vastai package",
-                                  hint="install it: pip install 'ferry[vast]'") from exc
-            client = VastAI(api_key=self.cfg.api_key(), server_url=self.settings.get("api_url") or DEFAULT_URL,
+            client = sdk(SDK, self.name).VastAI(api_key=self.cfg.api_key(), server_url=self.settings.get("api_url") or DEFAULT_URL,
                             retry=1, quiet=True)
             client.client.timeout = TIMEOUT
             self._client = client
@@ -226,13 +228,8 @@ class VastProvider:
 
     def create(self, spec: InstanceSpec) -> Instance:
         """Rent the cheapest matching offer. Not retried here: lifecycle looks the name up between attempts."""
-        if not spec.public_key:
-            raise ConfigError("no public key given for the new instance")
-        if not spec.gpu:
-            raise ConfigError("vast rents GPUs by offer: say which GPU",
-                              hint="add --gpu, e.g. --gpu RTX4090 (prices: inv offers --gpu RTX4090)")
         count = max(spec.gpu_count, 1)
-        gpu_name = gpus.resolve(spec.gpu, self.name, count)
+        gpu_name = gpus.resolve(str(spec.gpu), self.name, count)
         disk = float(spec.disk_gb or self.settings.get("disk") or 50)
         offers = self._search(gpu_name, count, spot=spec.spot, disk=disk, region=spec.region, limit=10)
         cap = spec.max_price * count if spec.spot and spec.max_price else None
@@ -243,7 +240,7 @@ class VastProvider:
             limit = f" at or under ${cap:.2f}/h" if cap is not None else ""
             raise ProviderError(
                 f"vast has no {kind} offer for {count}x {gpu_name}{limit} right now",
-                hint=f"see what there is: inv offers --gpu {spec.gpu}" + (" --spot" if spec.spot else ""),
+                hint="see what there is: " + cmd(f"offers --gpu {spec.gpu}" + (" --spot" if spec.spot else "")),
             )
         offer = offers[0]
         self._ensure_account_key(spec.public_key)
@@ -325,10 +322,10 @@ class VastProvider:
         if isinstance(listing, dict):
             listing = next((v for k, v in listing.items() if k in ("keys", "ssh_keys", "results")
                             and isinstance(v, list)), [])
-        wanted = _key_body(public_key)
+        wanted = KeyLine.parse(public_key)
         for entry in listing or []:
             text = entry.get("public_key") or entry.get("ssh_key") if isinstance(entry, dict) else entry
-            if isinstance(text, str) and _key_body(text) == wanted:
+            if isinstance(text, str) and wanted.same_key(text):
                 return
         self._call("register ferry's ssh key", self.client.create_ssh_key, public_key.strip())
 
@@ -337,7 +334,7 @@ class VastProvider:
         instance = self.get(instance_id)
         if instance is None:
             raise ProviderError(f"vast instance {instance_id} no longer exists",
-                                hint="launch a new one: inv launch")
+                                hint=f"launch a new one: {cmd('launch')}")
         if assumed == Status.STOPPED and instance.status != Status.STOPPED:
             instance.status, instance.ssh = Status.STOPPED, None
         return instance

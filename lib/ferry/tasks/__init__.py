@@ -7,10 +7,12 @@ In a project's ``tasks.py``::
 
     @task
     def train(c):
-        c.run(...)                       # your own tasks sit beside them
+        box = ferry.box(c)               # your own tasks sit beside them, on the same library
     ns.add_task(train)
 
-Tasks stay thin: they parse flags, call the library, print.
+Tasks stay thin: they parse flags (ferry.flags), call the library with a
+Box, and present the result (ferry.output). Each imports what it uses inside
+its body, so ``inv --list`` never loads the library behind a task.
 """
 
 from __future__ import annotations
@@ -19,14 +21,14 @@ import logging
 
 from invoke import Collection
 
-from ..config import DEFAULTS
-from . import clouds, files, instances, jobs, thunder
+from ..config import defaults
+from . import clouds, files, instances, jobs, reshape
 
 ns = Collection()
-for module in (instances, files, jobs, clouds, thunder):
+for module in (instances, files, jobs, clouds, reshape):
     for task in Collection.from_module(module).tasks.values():
         ns.add_task(task)
-ns.configure({"ferry": DEFAULTS})
+ns.configure({"ferry": defaults()})
 
 __all__ = ["ns"]
 

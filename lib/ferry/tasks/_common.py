@@ -1,34 +1,44 @@
-"""What every task shares: turning FerryError into one clean line and an exit status."""
+"""What every task shares: one presenter for expected failures, library logging shown, closed pipes quiet."""
 
 from __future__ import annotations
 
 import functools
-import importlib
+import os
 import sys
 import traceback
 
 from invoke import task as invoke_task
 from invoke.exceptions import Exit
 
-from .. import config
-from ..errors import FerryError
+NAME_HELP = "instance name (default: the project's current instance)"
+JOB_HELP = "job id (default: the latest job)"
 
 
 def ferry_task(*args, **kwargs):
-    """``@task`` whose expected failures print ``error: ...`` / ``hint: ...`` and exit 1 (2 for usage)."""
+    """``@task`` whose expected failures print ``error: ...`` / ``hint: ...`` and exit 1 (2 for usage).
+
+    It also shows the library's progress lines (logging) on stderr, and ends
+    quietly with status 141 when whoever reads stdout goes away (``| head``).
+    """
 
     def decorate(func):
         @functools.wraps(func)
         def wrapper(c, *a, **kw):
+            from .. import output
+            from ..config import Settings
+            from ..errors import FerryError
+
+            debug = Settings.of(c).debug
+            output.install_logging(debug)
             try:
                 return func(c, *a, **kw)
             except FerryError as exc:
-                if config.debug_enabled(c):
+                if debug:
                     traceback.print_exc()
-                print(f"error: {exc.message}", file=sys.stderr)
-                if exc.hint:
-                    print(f"hint: {exc.hint}", file=sys.stderr)
+                output.error(exc.message, exc.hint)
                 raise Exit(code=exc.exit_code) from None
+            except BrokenPipeError:
+                stdout_gone()
 
         return invoke_task(*args, **kwargs)(wrapper)
 
@@ -38,11 +48,11 @@ def ferry_task(*args, **kwargs):
     return decorate
 
 
-class lazy:
-    """A module imported on first attribute access, so `inv --list` never loads the library behind a task."""
-
-    def __init__(self, name: str):
-        self._name = name
-
-    def __getattr__(self, attr: str):
-        return getattr(importlib.import_module(self._name), attr)
+def stdout_gone() -> None:
+    """The reader of our stdout went away (``| head``): stop quietly with 141, as a shell pipeline would."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass
+    raise Exit(code=141)

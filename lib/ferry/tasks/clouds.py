@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from ._common import ferry_task, lazy
-
-offers_lib = lazy("ferry.offers")
-output = lazy("ferry.output")
-doctor_lib = lazy("ferry.doctor")
+from ._common import ferry_task
 
 
 @ferry_task(help={"gpu": "GPU alias (H100, A100, RTX4090, ...) or a provider's exact id",
@@ -14,22 +10,21 @@ doctor_lib = lazy("ferry.doctor")
                   "json": "print one JSON document"})
 def offers(c, gpu=None, count=None, spot=False, json=False):
     """Prices for a GPU across the configured clouds, cheapest first."""
-    from ..gpus import alias_for
+    from .. import clouds, flags, gpus, output
+    from ..config import Settings
 
-    from ..errors import UsageError
-
-    count = 1 if count is None else count
-    if not str(count).isdigit() or int(count) < 1:
-        raise UsageError(f"--count must be a positive whole number, not {count!r}")
+    gpu_count = flags.count(count, "--count") or 1
+    if gpu:
+        gpus.check(gpu)
     skipped: dict[str, str] = {}
-    found = offers_lib.collect(c, gpu, int(count), spot=spot, skipped=skipped)
+    found = clouds.offers(Settings.of(c), gpu, gpu_count, spot=spot, skipped=skipped)
     if json:
-        output.emit_json(offers_lib.as_dicts(found))
+        output.emit_json([o.to_dict() for o in found])
     elif found:
         output.table(
             ["PROVIDER", "GPU", "COUNT", "$/H", "KIND", "REGION"],
-            [[o.provider, alias_for(o.gpu) or "-", o.gpu_count, f"{o.cost_per_hour:.3f}", "spot" if o.spot else "on-demand",
-              o.region or "-"] for o in found],
+            [[o.provider, gpus.alias_for(o.gpu) or "-", o.gpu_count, f"{o.cost_per_hour:.3f}",
+              "spot" if o.spot else "on-demand", o.region or "-"] for o in found], right=("$/H",),
         )
     else:
         output.note(f"no {'spot' if spot else 'on-demand'} offers for {gpu or 'any GPU'}")
@@ -40,18 +35,27 @@ def offers(c, gpu=None, count=None, spot=False, json=False):
 @ferry_task(help={"json": "print one JSON document"})
 def config(c, json=False):
     """The resolved settings, with every secret masked, and where each API key comes from."""
-    report = doctor_lib.resolved_config(c)
+    from .. import doctor, output
+    from ..config import Settings
+
+    report = doctor.resolved_config(Settings.of(c))
     if json:
         output.emit_json(report)
         return
-    for line in doctor_lib.config_lines(report):
+    for line in doctor.config_lines(report):
         print(line)
 
 
 @ferry_task(help={"json": "print one JSON document"})
 def doctor(c, json=False):
     """Check keys, tools and the current instance; print each problem with its fix."""
-    checks = doctor_lib.run_checks(c)
+    from invoke.exceptions import Exit
+
+    from .. import doctor as checks_lib
+    from .. import output
+    from ..config import Settings
+
+    checks = checks_lib.run_checks(Settings.of(c))
     if json:
         output.emit_json(checks)
     else:
@@ -59,6 +63,4 @@ def doctor(c, json=False):
             mark = "ok  " if check["ok"] else ("FAIL" if check.get("required") else "--  ")
             print(f"{mark}  {check['what']}: {check['detail']}" + ("" if check["ok"] else f"\n      fix: {check['fix']}"))
     if not all(ch["ok"] for ch in checks if ch.get("required")):
-        from invoke.exceptions import Exit
-
         raise Exit(code=1)

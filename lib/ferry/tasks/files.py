@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-
-from ._common import ferry_task, lazy
-
-lifecycle = lazy("ferry.lifecycle")
-output = lazy("ferry.output")
-sync_lib = lazy("ferry.sync")
-watch_lib = lazy("ferry.watch")
-credentials_lib = lazy("ferry.credentials")
-errors = lazy("ferry.errors")
+from ._common import NAME_HELP, ferry_task
 
 
 @ferry_task(help={
-    "name": "instance name (default: the project's current instance)",
+    "name": NAME_HELP,
     "dry-run": "list what would be sent and deleted; change nothing",
     "delete": "sent (default): delete remotely the files ferry sent that are gone locally; never: delete nothing",
     "full": "compare every file with the instance instead of trusting the record of the last sync",
@@ -24,31 +15,36 @@ errors = lazy("ferry.errors")
 })
 def sync(c, name=None, dry_run=False, delete="sent", full=False, watch=False, credentials=None):
     """Send the project's file set (git's view incl. submodules, less .ferryignore) to the instance."""
-    if delete not in sync_lib.DELETE_MODES:
-        raise errors.UsageError(f"bad --delete value {delete!r}", hint="use --delete=sent (default) or --delete=never")
+    import sys
+
+    from .. import flags, output
+    from ..box import get as get_box
+    from ..errors import UsageError, cmd
+    from ..sync import DELETE_MODES
+
+    flags.choice(delete, "--delete", DELETE_MODES)
     if watch and dry_run:
-        raise errors.UsageError("--watch and --dry-run do not go together", hint="preview once: inv sync --dry-run")
-    instance = lifecycle.resolve(c, name)
+        raise UsageError("--watch and --dry-run do not go together", hint=f"preview once: {cmd('sync --dry-run')}")
+    box = get_box(c, name)
     if credentials:
         if dry_run:
             output.note(f"would upload the files of {credentials} to ~/.ferry/credentials/")
         else:
-            output.note(credentials_lib.upload(c, instance, credentials).summary())
+            output.note(box.upload_credentials(credentials).summary())
     if watch:
-        watch_lib.watch(c, instance.name, delete=delete)
+        box.watch(delete=delete)
         return
-    result = sync_lib.sync_up(c, instance, dry_run=dry_run, delete=delete, full=full)
+    result = box.sync(dry_run=dry_run, delete=delete, full=full)
     if dry_run:
         for path in result.would_send:
             print(f"send {path}")
         for path in result.deleted:
             print(f"delete {path}")
         sys.stdout.flush()
-    sync_lib.report(result, output.note, "would send" if dry_run else "synced")
 
 
 @ferry_task(iterable=["path", "include", "exclude"], help={
-    "name": "instance name (default: the project's current instance)",
+    "name": NAME_HELP,
     "path": "a path inside the workdir to fetch, whole (repeatable; default: all of the workdir)",
     "force": "take the remote copy even where the local file is newer (the local copy is backed up)",
     "backup-dir": "where replaced local files are kept: each download makes a new <stamp>/ in it (default: .ferry/backups/)",
@@ -60,13 +56,13 @@ def sync(c, name=None, dry_run=False, delete="sent", full=False, watch=False, cr
 def download(c, path=None, name=None, force=False, backup_dir=None, all=False, include=None, exclude=None,
              dry_run=False):
     """Bring results home. Never deletes a local file; keeps newer local files; backs up what it replaces."""
-    instance = lifecycle.resolve(c, name)
-    result = sync_lib.download(
-        c, instance, paths=path or [], dry_run=dry_run, force=force, backup_dir=backup_dir,
-        everything=all, include=include or [], exclude=exclude or [],
-    )
+    import sys
+
+    from ..box import get as get_box
+
+    result = get_box(c, name).download(*(path or []), dry_run=dry_run, force=force, backup_dir=backup_dir,
+                                             everything=all, include=include or [], exclude=exclude or [])
     if dry_run:
         for received in result.received:
             print(f"fetch {received}")
         sys.stdout.flush()
-    sync_lib.report(result, output.note, "would fetch" if dry_run else "downloaded")

@@ -2,41 +2,10 @@
 
 from __future__ import annotations
 
-import shlex
-import subprocess
-
-from invoke.exceptions import Exit
-
-from ..errors import UsageError
-from ._common import ferry_task, lazy
-
-lifecycle = lazy("ferry.lifecycle")
-output = lazy("ferry.output")
-remote = lazy("ferry.remote")
-
-NAME_HELP = "instance name (default: the project's current instance)"
-
-
-def uptime(i) -> float:
-    """Seconds since creation while it runs: what the cloud bills (an estimate; stops are not tracked)."""
-    import time
-
-    return max(0.0, time.time() - i.created_at) if i.status.value == "RUNNING" and i.created_at else 0.0
-
-
-def cost_so_far(i) -> float:
-    return i.cost_per_hour * uptime(i) / 3600
-
-
-def _row(i) -> list:
-    endpoint = f"{i.ssh.user}@{i.ssh.host}:{i.ssh.port}" if i.ssh else "-"
-    gpu = f"{i.gpu_count}x {i.gpu}" if i.gpu and i.gpu_count > 1 else (i.gpu or "-")
-    return [i.name, i.provider, i.status.value, gpu, f"{i.cost_per_hour:.2f}", output.age(i.created_at) if uptime(i) else "-",
-            f"{cost_so_far(i):.2f}", endpoint]
-
+from ._common import NAME_HELP, ferry_task
 
 HEADERS = ["NAME", "PROVIDER", "STATUS", "GPU", "$/H", "UPTIME", "COST", "SSH"]
-
+MONEY = ("$/H", "COST")
 
 LAUNCH_HELP = {
     "name": "instance name (default: the project directory's name)",
@@ -56,78 +25,81 @@ LAUNCH_HELP = {
 }
 
 
-def build_spec(name=None, provider=None, gpu=None, gpu_count=None, image=None, disk=None, volume=None, ports=None,
-               spot=False, max_price=None, region=None):
-    """Flags -> InstanceSpec, with every number checked before anything is created."""
-    from ..instance import InstanceSpec
+def row(i) -> list:
+    """One instance as a table row (ls, status)."""
+    from ..clouds import cost_so_far, uptime
+    from ..flags import human
 
-    def number(flag, value, kind=int):
-        if value is None:
-            return None
-        try:
-            parsed = kind(value)
-        except (TypeError, ValueError):
-            raise UsageError(f"--{flag} must be a number, not {value!r}") from None
-        if parsed <= 0:
-            raise UsageError(f"--{flag} must be positive, not {value!r}")
-        return parsed
+    endpoint = f"{i.ssh.user}@{i.ssh.host}:{i.ssh.port}" if i.ssh else "-"
+    gpu = f"{i.gpu_count}x {i.gpu}" if i.gpu and i.gpu_count > 1 else (i.gpu or "-")
+    up = uptime(i)
+    return [i.name, i.provider, i.status.value, gpu, f"{i.cost_per_hour:.2f}", human(up) if up else "-",
+            f"{cost_so_far(i):.2f}", endpoint]
 
-    port_list = []
-    for part in filter(None, (ports or "").replace(" ", "").split(",")):
-        if not part.isdigit() or not 0 < int(part) < 65536:
-            raise UsageError(f"bad port {part!r} in --ports", hint="use numbers like --ports 8188,6006")
-        port_list.append(int(part))
-    count = number("gpu-count", gpu_count)
-    spec = InstanceSpec(
-        name=name or "", provider=provider or "local", gpu=gpu, gpu_count=count or (1 if gpu else 0),
-        image=image, disk_gb=number("disk", disk), spot=bool(spot), max_price=number("max-price", max_price, float),
-        region=region, ports=port_list,
-    )
-    volume_gb = number("volume", volume)
-    if volume_gb:
-        spec.labels["ferry-volume-gb"] = str(volume_gb)
-    return spec
+
+def as_json(i, current: str | None = None) -> dict:
+    """One instance as ``ls --json`` and ``status --json`` show it."""
+    from ..clouds import cost_so_far, uptime
+
+    return {**i.to_dict(), "current": i.name == current, "uptime_seconds": uptime(i),
+            "cost_so_far": round(cost_so_far(i), 4)}
 
 
 @ferry_task(help=LAUNCH_HELP)
 def launch(c, name=None, provider=None, gpu=None, gpu_count=None, image=None, disk=None, volume=None, ports=None,
            spot=False, max_price=None, region=None, count=None, launch_timeout=None, json=False):
     """Create, start or reuse an instance (or --count of them) and make it the project's current one."""
-    spec = build_spec(name, provider, gpu, gpu_count, image, disk, volume, ports, spot, max_price, region)
-    from ..durations import parse
+    from .. import flags, lifecycle, output, providers
+    from ..records import InstanceSpec, check_name
 
-    timeout = parse(launch_timeout, "--launch-timeout")
-    if count is not None and str(count) != "1":
-        if not str(count).isdigit() or int(count) < 1:
-            raise UsageError(f"--count must be a positive whole number, not {count!r}")
-        made = lifecycle.launch_many(c, int(count), name=name, provider=provider, spec=spec, timeout=timeout,
-                                     log=output.note)
+    if provider not in (None, "auto"):
+        providers.module(provider)  # an unknown provider is a usage error, before anything else
+    if name is not None:
+        check_name(name)
+    spec = InstanceSpec(
+        name=name or "", provider=provider or "", gpu=gpu,
+        gpu_count=flags.count(gpu_count, "--gpu-count") or (1 if gpu else 0), image=image,
+        disk_gb=flags.count(disk, "--disk"), spot=bool(spot), max_price=flags.number(max_price, "--max-price"),
+        region=region, ports=flags.ports(ports), volume_gb=flags.count(volume, "--volume"),
+    )
+    timeout = flags.duration(launch_timeout, "--launch-timeout")
+    instances = flags.count(count, "--count") or 1
+    if instances > 1:
+        made = lifecycle.launch_many(c, instances, name=name, provider=provider, spec=spec, timeout=timeout)
     else:
-        made = [lifecycle.launch(c, name=name, provider=provider, spec=spec, timeout=timeout, log=output.note)]
+        made = [lifecycle.launch(c, name=name, provider=provider, spec=spec, timeout=timeout)]
     if json:
-        output.emit_json(made[0].to_dict() if len(made) == 1 else [i.to_dict() for i in made])
+        output.emit_json(made[0].instance.to_dict() if len(made) == 1 else [b.instance.to_dict() for b in made])
         return
-    for instance in made:
-        output.note(f"{instance.name} is ready ({instance.provider}, {instance.ssh.user}@{instance.ssh.host}:{instance.ssh.port})")
+    for box in made:
+        ssh = box.instance.ssh
+        where = f", {ssh.user}@{ssh.host}:{ssh.port}" if ssh else ""
+        output.note(f"{box.name} is ready ({box.provider}{where})")
 
 
 @ferry_task(help={"json": "print one JSON document",
                   "all": "every ferry instance on every configured provider, not only this project's"})
 def ls(c, json=False, all=False):
     """List the project's instances (or --all of them), with live status and cost so far."""
+    from .. import clouds, lifecycle, output
+    from ..box import Box
+    from ..config import Settings
+    from ..errors import cmd
+
+    settings = Settings.of(c)
     skipped: dict[str, str] = {}
+    state = lifecycle.project_state(settings)
     if all:
-        instances = lifecycle.list_everywhere(c, skipped=skipped)
+        instances = clouds.list_everywhere(settings, skipped=skipped)
     else:
-        instances = [lifecycle.status(c, i) for i in lifecycle.project_state(c).instances()]
-    current = lifecycle.project_state(c).current_name()
+        instances = [lifecycle.refresh(Box(settings, i)).instance for i in state.instances()]
+    current = state.current_name()
     if json:
-        output.emit_json([{**i.to_dict(), "current": i.name == current, "uptime_seconds": uptime(i),
-                           "cost_so_far": round(cost_so_far(i), 4)} for i in instances])
+        output.emit_json([as_json(i, current) for i in instances])
     elif instances:
-        output.table(HEADERS, [_row(i) for i in instances])
+        output.table(HEADERS, [row(i) for i in instances], right=MONEY)
     else:
-        output.note("no instances" + ("" if all else " yet; launch one: inv launch"))
+        output.note("no instances" + ("" if all else f" yet; launch one: {cmd('launch')}"))
     for name, reason in skipped.items():
         output.note(f"skipped {name}: {reason}")
 
@@ -135,23 +107,31 @@ def ls(c, json=False, all=False):
 @ferry_task(help={"name": NAME_HELP, "json": "print one JSON document"})
 def status(c, name=None, json=False):
     """Show one instance: status, endpoint, workdir."""
-    instance = lifecycle.status(c, lifecycle.resolve(c, name))
+    from .. import output
+    from ..box import get as get_box
+
+    box = get_box(c, name).refresh()
     if json:
-        output.emit_json(instance.to_dict())
+        output.emit_json(box.instance.to_dict())
         return
-    output.table(HEADERS, [_row(instance)])
-    if instance.remote_home:
-        print(f"workdir: {lifecycle.workdir(c, instance)}")
+    output.table(HEADERS, [row(box.instance)], right=MONEY)
+    if box.instance.remote_home:
+        print(f"workdir: {box.workdir}")
 
 
 @ferry_task(name="ssh", help={"name": NAME_HELP, "print": "print the ssh command instead of running it"})
 def ssh_(c, name=None, print_=False):
     """Open an interactive shell in the instance's workdir."""
-    instance = lifecycle.resolve(c, name)
-    target = remote.Remote(c, instance)
-    workdir = lifecycle.workdir(c, instance)
-    command = f"cd {shlex.quote(workdir)} 2>/dev/null || cd; exec \"${{SHELL:-/bin/bash}}\" -l"
-    argv = target.ssh_argv(tty=True) + [command]
+    import shlex
+    import subprocess
+
+    from invoke.exceptions import Exit
+
+    from ..box import get as get_box
+
+    box = get_box(c, name)
+    command = f"cd {shlex.quote(box.workdir)} 2>/dev/null || cd; exec \"${{SHELL:-/bin/bash}}\" -l"
+    argv = box.ssh_argv(tty=True, command=command)
     if print_:
         print(shlex.join(argv))
         return
@@ -163,15 +143,23 @@ def ssh_(c, name=None, print_=False):
 @ferry_task(help={"name": NAME_HELP})
 def stop(c, name=None):
     """Stop the instance, keeping its disk (jobs running on it end and read 'lost')."""
-    instance = lifecycle.stop(c, lifecycle.resolve(c, name))
-    output.note(f"{instance.name} is {instance.status.value.lower()}")
+    from .. import output
+    from ..box import get as get_box
+
+    box = get_box(c, name).stop()
+    output.note(f"{box.name} is {box.instance.status.value.lower()}")
 
 
-@ferry_task(help={"name": NAME_HELP})
-def start(c, name=None):
+@ferry_task(help={"name": NAME_HELP, "launch-timeout": "how long to wait until it answers ssh (600, 90s, 10m)"})
+def start(c, name=None, launch_timeout=None):
     """Start a stopped instance and wait until it answers ssh."""
-    instance = lifecycle.start(c, lifecycle.resolve(c, name))
-    output.note(f"{instance.name} is ready ({instance.ssh.user}@{instance.ssh.host}:{instance.ssh.port})")
+    from .. import flags, output
+    from ..box import get as get_box
+
+    timeout = flags.duration(launch_timeout, "--launch-timeout")
+    box = get_box(c, name).start(timeout=timeout)
+    ssh = box.instance.ssh
+    output.note(f"{box.name} is ready ({ssh.user}@{ssh.host}:{ssh.port})" if ssh else f"{box.name} is ready")
 
 
 @ferry_task(help={"name": NAME_HELP, "yes": "really delete the instance and everything on it",
@@ -179,17 +167,19 @@ def start(c, name=None):
                   "id": "the provider's instance id (e.g. one a failed launch could not remove)"})
 def terminate(c, name=None, yes=False, provider=None, id=None):
     """Delete the instance and its disk. Refuses without --yes."""
+    from .. import output
+    from ..box import find as find_box, get as get_box
+    from ..errors import UsageError, cmd
+
     if id:
         if not provider:
-            raise UsageError("--id needs --provider", hint="e.g. inv terminate --provider runpod --id abc123 --yes")
-        instance = lifecycle.find(c, provider, id)
+            raise UsageError("--id needs --provider", hint=f"e.g. {cmd('terminate --provider runpod --id abc123 --yes')}")
+        box = find_box(c, provider, id)
     else:
-        instance = lifecycle.resolve(c, name)
+        box = get_box(c, name)
     if not yes:
-        which = f"--provider {instance.provider} --id {instance.id}" if id else f"--name {instance.name}"
-        raise UsageError(
-            f"terminate deletes {instance.name} and everything on it",
-            hint=f"confirm with: inv terminate {which} --yes",
-        )
-    lifecycle.terminate(c, instance)
-    output.note(f"{instance.name} terminated")
+        which = f"--provider {box.provider} --id {box.instance.id}" if id else f"--name {box.name}"
+        raise UsageError(f"terminate deletes {box.name} and everything on it",
+                         hint=f"confirm with: {cmd(f'terminate {which} --yes')}")
+    box.terminate()
+    output.note(f"{box.name} terminated")

@@ -17,9 +17,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
-import requests  # the [thunder] extra; the provider registry turns its absence into a one-line hint
-
-from .errors import ConfigError, ProviderError, TransientError
+from ...errors import ConfigError, ProviderError, TransientError
+from .. import sdk
 
 DEFAULT_BASE = "https://api.thundercompute.com:8443"
 TIMEOUT = (10.0, 60.0)  # (connect, read) seconds: a create can take a while to answer
@@ -44,6 +43,7 @@ class ThunderAPI:
     # -- transport -------------------------------------------------------------
     def _http(self):
         if self._session is None:
+            requests = sdk("requests", "thunder")
             session = requests.Session()
             session.headers.update({
                 "Authorization": f"Bearer {self._token()}",
@@ -58,6 +58,8 @@ class ThunderAPI:
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         """One JSON request; returns the decoded body (None when empty) or raises a ferry error."""
         session = self._http()
+        import requests
+
         url = self.base + path
         log.debug("thunder %s %s", method, path)
         try:

@@ -1,7 +1,9 @@
-"""The plain records every provider speaks: what an instance is, how to reach it, what to make.
+"""The plain records every layer speaks: what an instance is, how to reach it, what to make, what it costs.
 
 Providers translate their cloud's own shapes into these, so lifecycle, ssh,
 sync and jobs never see a provider-specific dict (it is kept in ``raw``).
+They are dataclasses with no behaviour beyond (de)serialising themselves:
+the state file, ``--json`` output and the provider contract all use them.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .errors import ConfigError
+from .errors import UsageError
 
 NAME_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -20,7 +22,7 @@ NAME_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 def check_name(name: str) -> str:
     """Reject names a cloud would refuse or a shell would mangle, before anything is created."""
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        raise ConfigError(
+        raise UsageError(
             f"bad instance name {name!r}",
             hint="use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit",
         )
@@ -65,8 +67,11 @@ class InstanceSpec:
     max_price: float | None = None
     region: str | None = None
     ports: list[int] = field(default_factory=list)
+    volume_gb: int | None = None
     labels: dict[str, str] = field(default_factory=dict)
     public_key: str | None = None
+    # Provider settings this one instance overrides (e.g. Thunder's cpu_cores and mode for a clone).
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -98,3 +103,19 @@ class Instance:
             data["ssh"] = SSHEndpoint(**data["ssh"])
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class Offer:
+    """A priced way to rent ``gpu_count`` x ``gpu`` on a provider (``offers``, ``--provider auto``)."""
+
+    provider: str
+    gpu: str
+    gpu_count: int
+    cost_per_hour: float
+    spot: bool = False
+    region: str | None = None
+    id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,143 @@
+"""Results home: rsync from the workdir (or named paths in it) that never loses a local file.
+
+A download never deletes a local file, keeps a local file that is newer,
+and replaces an older one only after keeping its previous content under
+``.ferry/backups/<stamp>/`` (or ``<--backup-dir>/<stamp>/``): a new directory
+per download, so no backup ever overwrites an earlier one. Every file it
+skipped or backed up is reported (sync.report), and the summary is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import time
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Sequence
+
+from . import rsync
+from .errors import FerryError, UsageError, cmd
+from .fileset import DEFAULT_EXCLUDES
+from .rsync import RSYNC_FLAGS
+from .sync import SyncResult, progress_wanted, stamp, report
+
+if TYPE_CHECKING:
+    from .box import Box
+
+log = logging.getLogger(__name__)
+
+ALWAYS_EXCLUDE_DOWN = ("/.ferry/", ".git")  # never pulled, even with --all
+
+
+def _check_relative(path: str) -> str:
+    clean = PurePosixPath(path)
+    if clean.is_absolute() or ".." in clean.parts or not str(clean).strip() or str(clean) == ".":
+        raise UsageError(
+            f"bad download path {path!r}",
+            hint="name a path inside the instance's workdir, relative to it (e.g. outputs/run1)",
+        )
+    return str(clean)
+
+
+def _check_pattern(pattern: str, flag: str) -> str:
+    if not pattern or "\0" in pattern or "\n" in pattern:
+        raise UsageError(f"bad {flag} pattern {pattern!r}", hint=f"give a pattern such as {flag} '*.json'")
+    return pattern
+
+
+def download_rules(paths: Sequence[str], include: Sequence[str], exclude: Sequence[str], everything: bool) -> list[str]:
+    """rsync filter rules for a download: user includes win, then user excludes, then the default list."""
+    rules = [f"- {p}" for p in ALWAYS_EXCLUDE_DOWN]
+    rules += [f"+ {_check_pattern(p, '--include')}" for p in include]
+    rules += [f"- {_check_pattern(p, '--exclude')}" for p in exclude]
+    if not everything and not paths:  # a path named on the command line comes whole
+        rules += [f"- {p}" for p in DEFAULT_EXCLUDES]
+    return rules
+
+
+def download(
+    box: "Box",
+    paths: Sequence[str] = (),
+    dry_run: bool = False,
+    force: bool = False,
+    backup_dir: str | os.PathLike | None = None,
+    everything: bool = False,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    progress: bool | None = None,
+    announce: bool = True,
+) -> SyncResult:
+    """Pull the workdir (or paths in it) into the project. Never deletes a local file.
+
+    A local file that differs and is newer is kept (``result.skipped``) unless
+    ``force``; one that is replaced has its previous content kept under
+    a new ``<stamp>/`` directory under ``backup_dir`` (default ``.ferry/backups/``), so no
+    earlier backup is ever overwritten (``result.backed_up``, ``result.backup_dir``).
+    The default exclude list (venvs, caches, weights, ``outputs/``, secrets)
+    applies to a whole-workdir pull unless ``everything``; named ``paths`` come
+    whole. ``include``/``exclude`` are rsync patterns (``*.json``, ``logs/``),
+    includes winning.
+    """
+    project = box.project_dir
+    remote = box.remote
+    source = box.workdir
+    instance = box.instance
+    wanted = [_check_relative(p) for p in paths]
+    rules = download_rules(wanted, include, exclude, everything)
+    started = time.monotonic()
+    if wanted:
+        probe = "cd " + shlex.quote(source) + " && for p in " + " ".join(shlex.quote(p) for p in wanted) + \
+            '; do [ -e "$p" ] || [ -L "$p" ] || printf "%s\\0" "$p"; done'
+        proc = remote.run(probe, check=False)
+        missing = [p for p in proc.stdout.decode(errors="replace").split("\0") if p]
+        if proc.returncode != 0 and not missing:
+            raise FerryError(
+                f"{instance.name} has no workdir for this project yet ({source})",
+                hint=f"send the project first: {cmd('sync')}",
+            )
+        if missing:
+            raise FerryError(
+                f"not on {instance.name}: {', '.join(missing)}",
+                hint=f"list what is there: {cmd(f'ssh --name {instance.name}')}  (then ls {shlex.quote(source)})",
+            )
+        sources = [f"{remote.rsync_target}{source}/./{p}" for p in wanted]
+        extra = ["--relative"]
+    else:
+        sources = [f"{remote.rsync_target}{source}/"]
+        extra = []
+    # A new directory per download, also inside a --backup-dir given again: rsync overwrites a file already
+    # in its backup dir, and that file is the only copy left of the user's original.
+    backups = (Path(backup_dir).expanduser() if backup_dir else Path(".ferry") / "backups") / stamp()
+    if not backups.is_absolute():
+        backups = project / backups
+    rule_file = rsync.rule_file(rules)
+    try:
+        argv = [rsync.rsync_binary(), *RSYNC_FLAGS, *extra, "--from0", f"--filter=merge {rule_file}", "-e", remote.rsync_rsh(),
+                "--info=skip1", "--out-format=%i %n", "--backup", f"--backup-dir={backups}"]
+        if not force:
+            argv.append("--update")
+        if dry_run:
+            argv.append("--dry-run")
+        argv += [*sources, f"{project}/"]
+        out = rsync.run(argv, remote, progress_wanted(progress) and not dry_run, "receiving")
+    finally:
+        os.unlink(rule_file)
+    result = SyncResult(how="download", dry_run=dry_run)
+    result.files, result.bytes = rsync.parse_stats(out)
+    for line in out.splitlines():
+        if line.startswith(">f") and len(line) > 12:
+            result.received.append(rsync.unescape(line[12:]))
+            if line[2:11] != "+++++++++":
+                result.backed_up.append(rsync.unescape(line[12:]))
+        elif line.endswith(" is newer"):
+            result.skipped.append(rsync.unescape(line[: -len(" is newer")]))
+    if result.backed_up:  # (a dry run names where the backups would go)
+        try:
+            result.backup_dir = str(backups.relative_to(project))
+        except ValueError:
+            result.backup_dir = str(backups)
+    result.seconds = time.monotonic() - started
+    if announce:
+        report(result, "would fetch" if dry_run else "downloaded")
+    return result

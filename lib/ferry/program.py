@@ -1,0 +1,53 @@
+"""The ``ferry`` console script: ferry's tasks without a tasks.py, configured exactly as ``inv`` would be.
+
+It reads the project's ``invoke.yaml`` from the project root (the nearest
+ancestor holding ``.ferry/``, ``tasks.py`` or ``.git``), as ``inv`` reads the
+one beside ``tasks.py``, with ferry's defaults among Invoke's global ones
+(``FerryConfig``). It differs from ``inv`` in one way: a command line Invoke
+cannot parse is a usage error, so it gets ferry's one-line ``error:``/``hint:``
+and exit status 2 (``inv`` itself exits 1 there).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from invoke import Program
+from invoke.exceptions import ParseError
+
+from . import __version__
+from .config import FerryConfig, project_root
+from .tasks import ns
+
+
+class FerryProgram(Program):
+    def create_config(self) -> None:
+        self.config = self.config_class(project_location=str(project_root()))
+        self.config.load_project()
+
+    def _usage_error(self, exc: ParseError) -> None:
+        from .output import error
+
+        error(str(exc), hint="see ferry --list, or ferry --help TASK")
+        sys.exit(2)
+
+    def parse_core(self, argv):
+        try:
+            super().parse_core(argv)
+        except ParseError as exc:
+            self._usage_error(exc)
+
+    def parse_tasks(self):
+        try:
+            super().parse_tasks()
+        except ParseError as exc:
+            self._usage_error(exc)
+        except ValueError as exc:  # Invoke casts flags with numeric defaults itself
+            self._usage_error(ParseError(f"bad value: {exc}"))
+
+
+program = FerryProgram(namespace=ns, name="ferry", binary="ferry", version=__version__, config_class=FerryConfig)
+
+
+def main() -> None:
+    program.run()
