@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["ferry.testing"]  # ferry_project, fake_cloud, mock_ferry: what users get for their own tests
+
 REPO = Path(__file__).resolve().parents[1]
 if (REPO / "tests" / "fakes" / "fixtures.py").exists():
     from tests.fakes.fixtures import *  # noqa: F401,F403  (fake clouds: fake_runpod, fake_vast, ...)

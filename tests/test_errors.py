@@ -110,3 +110,24 @@ def test_no_traceback_for_a_corrupt_state_file(ferry, project):
                                   ["launch", "--launch-timeout", "5q"]])
 def test_bad_usage_exits_2_with_one_line(ferry, argv):
     assert_one_line_error(ferry(*argv), code=2)
+
+
+def test_hints_name_the_program_the_user_typed(ferry, project):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    assert "hint: launch one first: ferry launch" in ferry("run", "true").stderr
+    (project / "tasks.py").write_text("from ferry.tasks import ns\n")
+    inv = str(Path(sys.executable).with_name("inv"))
+    proc = subprocess.run([inv, "run", "true"], cwd=project, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "hint: launch one first: inv launch" in proc.stderr, proc.stderr
+
+
+def test_every_duration_flag_takes_the_same_spellings(launched):
+    """One parser for every duration: the check that refuses these comes after the flag was read."""
+    err = assert_one_line_error(launched("modify", "--disk", "200", "--timeout", "10m"))
+    assert "cannot be changed in place" in err
+    err = assert_one_line_error(launched("clone", "--to", "other", "--launch-timeout", "10m"))
+    assert "cannot clone" in err
+    assert_one_line_error(launched("modify", "--disk", "200", "--timeout", "10 parsecs"), code=2)

@@ -33,7 +33,7 @@ _EXPORTS = {
     "make_context": "ferry.config",
     "Settings": "ferry.config",
     "FerryConfig": "ferry.config",
-    "Box": "ferry.box",
+    "Box": "ferry.handle",
     "Job": "ferry.jobs",
     "JobInfo": "ferry.jobs",
     "JobResult": "ferry.follow",
@@ -48,11 +48,15 @@ _EXPORTS = {
     "Status": "ferry.records",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "Box", "Detached", "FerryConfig", "FerryError", "Instance", "InstanceSpec", "Job", "JobFailed", "JobInfo",
+    "JobResult", "Offer", "Settings", "Status", "SyncResult", "UsageError", "box", "find", "instances", "launch",
+    "launch_many", "make_context", "offers",
+]
 
 if TYPE_CHECKING:
     from .api import box, find, instances, launch, launch_many, offers
-    from .box import Box
+    from .handle import Box
     from .config import FerryConfig, Settings, make_context
     from .errors import FerryError, JobFailed, UsageError
     from .follow import JobResult

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from typing import Callable, TypeVar
 
-from . import box as boxes
+from . import handle as boxes
 from . import clouds, lifecycle, output
 
 F = TypeVar("F", bound=Callable)

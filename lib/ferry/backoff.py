@@ -49,7 +49,7 @@ DEFAULT = Policy()
 
 def call(fn: Callable[[], T], policy: Policy = DEFAULT,
          before_retry: Callable[[TransientError], T | None] | None = None,
-         sleep: Callable[[float], None] = time.sleep) -> T:
+         sleep: Callable[[float], None] | None = None) -> T:
     """Run ``fn``; on TransientError back off and try again, within the policy's attempts and budget.
 
     The server's Retry-After is a floor on the wait, and a wait that would
@@ -69,7 +69,7 @@ def call(fn: Callable[[], T], policy: Policy = DEFAULT,
             wait = max(wait, exc.retry_after or 0.0)
             if time.monotonic() + wait > deadline:
                 raise
-            sleep(wait)
+            (sleep or time.sleep)(wait)
             if before_retry is not None:
                 try:
                     found = before_retry(exc)

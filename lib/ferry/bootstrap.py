@@ -27,7 +27,7 @@ from .remote import socket_target
 from .sshd import wait_for_banner
 
 if TYPE_CHECKING:
-    from .box import Box
+    from .handle import Box
     from .providers import Cloud
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,7 @@ def wait_until_reachable(box: "Box", cloud: "Cloud", timeout: float, fresh: bool
     remote = box.remote
     remote.first_contact = not host_key
     remote.close()  # an old master socket may point at a previous incarnation of this endpoint
+    retry = backoff.Backoff(first=0.25, cap=2.0)  # sshd answers before the cloud has installed the key
     try:
         while True:
             try:
@@ -96,7 +97,7 @@ def wait_until_reachable(box: "Box", cloud: "Cloud", timeout: float, fresh: bool
             except SSHError as exc:
                 if "host key" in exc.message or time.monotonic() > deadline or CANCEL.is_set():
                     raise
-                time.sleep(1.0)
+                time.sleep(retry.failed())
     finally:
         remote.first_contact = False
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from .errors import FerryError, UsageError, cmd
 
 if TYPE_CHECKING:
-    from .box import Box
+    from .handle import Box
 
 GCP_KEY = "gcp-service-account.json"
 DOTENV = ".env"

@@ -91,7 +91,7 @@ def _aws_credentials() -> bool:
 
 def _instance_checks(settings: Settings) -> list[dict]:
     """rsync, tmux and setsid on the current instance, if the project has one that runs."""
-    from .box import get as get_box
+    from .handle import get as get_box
 
     try:
         box = get_box(settings)

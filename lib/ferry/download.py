@@ -23,7 +23,7 @@ from .rsync import RSYNC_FLAGS
 from .sync import SyncResult, progress_wanted, stamp, report
 
 if TYPE_CHECKING:
-    from .box import Box
+    from .handle import Box
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from .errors import FerryError, HostKeyError, JobError, SSHError, UsageError, cm
 from .flags import human
 
 if TYPE_CHECKING:
-    from .box import Box
+    from .handle import Box
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from .errors import FerryError, SSHError, cmd
 from .flags import human
 
 if TYPE_CHECKING:
-    from .box import Box
+    from .handle import Box
 
 log = logging.getLogger(__name__)
 

@@ -33,11 +33,15 @@ def _ids(provider: str) -> dict[str, object]:
     return dict(getattr(providers.module(provider), "GPUS", {}) or {})
 
 
-@functools.lru_cache(maxsize=1)
 def table() -> dict[str, dict[str, object]]:
     """alias -> provider -> id, from every provider's ``GPUS``."""
+    return _table(tuple(providers.names()))
+
+
+@functools.lru_cache(maxsize=4)
+def _table(names: tuple[str, ...]) -> dict[str, dict[str, object]]:
     merged: dict[str, dict[str, object]] = {}
-    for name in providers.names():
+    for name in names:
         for alias, value in _ids(name).items():
             merged.setdefault(alias, {})[name] = value
     return merged

@@ -26,7 +26,7 @@ from .follow import (FIRST_DELAY, MAX_DELAY, RECONNECT_WINDOW, STATES, JobResult
                      parse_end, wrapper_error)
 
 if TYPE_CHECKING:
-    from .box import Box
+    from .handle import Box
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Sequence
 
 from . import bootstrap, providers, sshkey
-from .box import Box
+from .handle import Box
 from .config import Settings
 from .errors import FerryError, NoInstanceError, UsageError, cmd
 from .providers.base import CLONE, GPU, MODIFY, OWNED, SPEC_NEEDS, STOP

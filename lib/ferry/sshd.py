@@ -14,7 +14,6 @@ import os
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -78,6 +77,12 @@ def pid_alive(pid: int | None) -> bool:
         if stat.rsplit(")", 1)[1].split()[0] == "Z":
             return False
     return True
+
+
+def wait_gone(pids: list[int], timeout: float) -> bool:
+    """Until none of ``pids`` is alive (True), or ``timeout`` seconds pass (False)."""
+    return backoff.poll(lambda: True if not any(pid_alive(p) for p in pids) else None, timeout,
+                        first=0.005, cap=0.05) is not None
 
 
 def descendants_of(pid: int) -> list[int]:
@@ -197,9 +202,7 @@ class LoopbackSshd:
         raise FerryError(f"sshd would not start: {last_error}", hint=f"see {self.dir / 'sshd.log'}")
 
     def _wait_for_pidfile(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while self.pid() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
+        backoff.poll(self.pid, timeout, first=0.005, cap=0.05)
 
     def stop(self, timeout: float = 5) -> None:
         """Stop the daemon and the per-connection processes it forked, like a machine powering off."""
@@ -210,9 +213,7 @@ class LoopbackSshd:
         for victim in victims:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(victim, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while any(pid_alive(v) for v in victims) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_gone(victims, timeout)
         for victim in victims:
             if pid_alive(victim):
                 with contextlib.suppress(ProcessLookupError):

@@ -54,7 +54,7 @@ from .output import size as _human
 from .rsync import ITEM_FORMAT, RSYNC_FLAGS, Sent
 
 if TYPE_CHECKING:
-    from .box import Box
+    from .handle import Box
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 
 from .backoff import Backoff
-from .box import Box, resolve
+from .handle import Box, resolve
 from .errors import FerryError, HostKeyError, UsageError
 from .sync import report, upload
 

@@ -1,7 +1,8 @@
 """The provider registry: name -> module, imported only when asked for, every verb retried here, once.
 
 Adding a cloud is one module (or a folder, for a cloud that holds more than
-one concept) plus one line in ``MODULES``. Nothing here imports a provider's
+one concept) plus one line in ``MODULES``. A module may also declare
+``RETRY`` (a backoff.Policy) when its API wants another retry policy. Nothing here imports a provider's
 SDK: ``inv --list`` never pays for one (``import runpod`` alone costs 1.6 s),
 and a provider imports its SDK through :func:`sdk`, which turns a missing
 package into a one-line install hint.
@@ -40,7 +41,7 @@ MODULES = {
 CLOUDS = ("runpod", "vast", "thunder", "ec2")  # the ones that rent machines for money
 PROJECT_LABEL = "ferry-project"
 
-__all__ = ["MODULES", "CLOUDS", "KeySource", "Cloud", "names", "module", "get", "sdk", "register"]
+__all__ = ["MODULES", "CLOUDS", "KeySource", "Cloud", "names", "module", "get", "sdk", "register", "unregister"]
 
 
 def names() -> list[str]:
@@ -55,8 +56,12 @@ def module(name: str) -> ModuleType:
 
 
 def register(name: str, module_path: str) -> None:
-    """Add a provider (ferry.testing's fake, or a user's own cloud) under ``name``."""
+    """Add a provider (ferry.testing's fake, or a user's own cloud) under ``name``: a module path."""
     MODULES[name] = module_path
+
+
+def unregister(name: str) -> None:
+    MODULES.pop(name, None)
 
 
 def sdk(package: str, provider: str) -> ModuleType:
@@ -81,7 +86,7 @@ def get(name: str, settings: "Settings", overrides: Mapping[str, Any] | None = N
         block = {**block, "hosts": settings.hosts, "ssh_config": block.get("ssh_config") or settings.ssh_config}
     cfg = ProviderConfig(name=name, settings=block, api_key=lambda: apikeys.key(settings, name),
                          project=settings.project, home=settings.home)
-    return Cloud(mod.make(cfg), mod)
+    return Cloud(mod.make(cfg), mod, getattr(mod, "RETRY", None) or backoff.DEFAULT)
 
 
 class Cloud:

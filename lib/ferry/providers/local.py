@@ -20,7 +20,7 @@ from typing import Mapping
 
 from ..errors import FerryError, cmd
 from ..records import Instance, InstanceSpec, Offer, SSHEndpoint, Status
-from ..sshd import LoopbackSshd, pid_alive
+from ..sshd import LoopbackSshd, pid_alive, wait_gone
 from ..store import JsonStore
 from ..tools import require
 from .base import OWNED, SSH, STOP
@@ -179,9 +179,7 @@ def end_marked_processes(directory: Path) -> None:
         for pid in victims:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
-        deadline = time.monotonic() + 3
-        while any(pid_alive(p) for p in victims) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_gone(victims, 3)
         victims = [p for p in victims if pid_alive(p)]
         if not victims:
             break

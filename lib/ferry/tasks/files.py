@@ -18,7 +18,7 @@ def sync(c, name=None, dry_run=False, delete="sent", full=False, watch=False, cr
     import sys
 
     from .. import flags, output
-    from ..box import get as get_box
+    from ..handle import get as get_box
     from ..errors import UsageError, cmd
     from ..sync import DELETE_MODES
 
@@ -58,7 +58,7 @@ def download(c, path=None, name=None, force=False, backup_dir=None, all=False, i
     """Bring results home. Never deletes a local file; keeps newer local files; backs up what it replaces."""
     import sys
 
-    from ..box import get as get_box
+    from ..handle import get as get_box
 
     result = get_box(c, name).download(*(path or []), dry_run=dry_run, force=force, backup_dir=backup_dir,
                                              everything=all, include=include or [], exclude=exclude or [])

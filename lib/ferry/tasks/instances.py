@@ -82,7 +82,7 @@ def launch(c, name=None, provider=None, gpu=None, gpu_count=None, image=None, di
 def ls(c, json=False, all=False):
     """List the project's instances (or --all of them), with live status and cost so far."""
     from .. import clouds, lifecycle, output
-    from ..box import Box
+    from ..handle import Box
     from ..config import Settings
     from ..errors import cmd
 
@@ -108,7 +108,7 @@ def ls(c, json=False, all=False):
 def status(c, name=None, json=False):
     """Show one instance: status, endpoint, workdir."""
     from .. import output
-    from ..box import get as get_box
+    from ..handle import get as get_box
 
     box = get_box(c, name).refresh()
     if json:
@@ -127,7 +127,7 @@ def ssh_(c, name=None, print_=False):
 
     from invoke.exceptions import Exit
 
-    from ..box import get as get_box
+    from ..handle import get as get_box
 
     box = get_box(c, name)
     command = f"cd {shlex.quote(box.workdir)} 2>/dev/null || cd; exec \"${{SHELL:-/bin/bash}}\" -l"
@@ -144,7 +144,7 @@ def ssh_(c, name=None, print_=False):
 def stop(c, name=None):
     """Stop the instance, keeping its disk (jobs running on it end and read 'lost')."""
     from .. import output
-    from ..box import get as get_box
+    from ..handle import get as get_box
 
     box = get_box(c, name).stop()
     output.note(f"{box.name} is {box.instance.status.value.lower()}")
@@ -154,7 +154,7 @@ def stop(c, name=None):
 def start(c, name=None, launch_timeout=None):
     """Start a stopped instance and wait until it answers ssh."""
     from .. import flags, output
-    from ..box import get as get_box
+    from ..handle import get as get_box
 
     timeout = flags.duration(launch_timeout, "--launch-timeout")
     box = get_box(c, name).start(timeout=timeout)
@@ -168,7 +168,7 @@ def start(c, name=None, launch_timeout=None):
 def terminate(c, name=None, yes=False, provider=None, id=None):
     """Delete the instance and its disk. Refuses without --yes."""
     from .. import output
-    from ..box import find as find_box, get as get_box
+    from ..handle import find as find_box, get as get_box
     from ..errors import UsageError, cmd
 
     if id:

@@ -48,7 +48,7 @@ def run(c, command, name=None, detach=False, env=None, cwd=None, timeout=None, l
         wait_for=None, wait_timeout=None, then=None, then_always=False):
     """Run COMMAND in tmux on the instance; stream its output and exit with its exit code."""
     from .. import flags, jobs, output
-    from ..box import get as get_box
+    from ..handle import get as get_box
     from ..errors import UsageError, cmd
 
     options = dict(env=flags.env_pairs(env), cwd=cwd, label=label, timeout=flags.duration(timeout, "--timeout"))
@@ -83,7 +83,7 @@ def run(c, command, name=None, detach=False, env=None, cwd=None, timeout=None, l
 def jobs(c, name=None, json=False):
     """List the jobs on the instance: id, state, exit code, start, duration, label, command."""
     from .. import output
-    from ..box import get as get_box
+    from ..handle import get as get_box
     from ..flags import human
 
     found = get_box(c, name).jobs()
@@ -104,7 +104,7 @@ def jobs(c, name=None, json=False):
 def logs(c, job=None, name=None, follow=False, tail=None):
     """Print a job's log, byte for byte; with -f follow it to the end (Ctrl-C detaches)."""
     from .. import flags
-    from ..box import get as get_box
+    from ..handle import get as get_box
 
     lines = flags.count(tail, "--tail", minimum=0)
     handle = get_box(c, name).job(job)
@@ -123,7 +123,7 @@ def wait(c, job=None, name=None, timeout=None):
     from invoke.exceptions import Exit
 
     from .. import flags
-    from ..box import get as get_box
+    from ..handle import get as get_box
     from ..errors import JobError, cmd
 
     seconds = flags.duration(timeout, "--timeout")
@@ -142,7 +142,7 @@ def wait(c, job=None, name=None, timeout=None):
 def kill_(c, job=None, name=None, signal="TERM"):
     """Stop a job and everything it started (KILL after 10 s); it then reads 'killed'."""
     from .. import output
-    from ..box import get as get_box
+    from ..handle import get as get_box
 
     end = get_box(c, name).job(job).kill(signal=signal)
     output.note(f"job {end.job_id} {end.describe()}")
@@ -156,7 +156,7 @@ def attach(c, job=None, name=None):
     """
     from invoke.exceptions import Exit
 
-    from ..box import get as get_box
+    from ..handle import get as get_box
 
     code = get_box(c, name).attach(job)
     if code:
@@ -168,7 +168,7 @@ def attach(c, job=None, name=None):
 def forward(c, port, name=None):
     """Forward a port of the instance to 127.0.0.1 on this machine until Ctrl-C (notebook, TensorBoard, ComfyUI)."""
     from .. import flags, output
-    from ..box import get as get_box
+    from ..handle import get as get_box
 
     remote_port, local_port = flags.port_spec(port)
     get_box(c, name).forward(remote_port, local_port)

@@ -36,7 +36,7 @@ def _report(box, json: bool) -> None:
 def modify(c, name=None, cpu=None, gpu=None, gpu_count=None, disk=None, ports=None, timeout=None, json=False):
     """Resize an instance in place (it restarts); the disk can only grow."""
     from .. import flags
-    from ..box import get as get_box
+    from ..handle import get as get_box
 
     box = get_box(c, name).modify(
         cpu=flags.count(cpu, "--cpu"), gpu=gpu, gpu_count=flags.count(gpu_count, "--gpu-count"),
@@ -58,7 +58,7 @@ def modify(c, name=None, cpu=None, gpu=None, gpu_count=None, disk=None, ports=No
 def clone(c, to=None, name=None, cpu=None, gpu=None, gpu_count=None, disk=None, launch_timeout=None, json=False):
     """A new instance configured like this one, with overrides (the disk's files are not copied)."""
     from .. import flags, output
-    from ..box import get as get_box
+    from ..handle import get as get_box
 
     source = get_box(c, name)
     box = source.clone(

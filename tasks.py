@@ -1,0 +1,39 @@
+"""This repository's own Invoke tasks: all of ferry's (try `inv --list`), plus test, lint and bench.
+
+    inv test                 # the whole suite (real sshd, rsync, tmux on 127.0.0.1)
+    inv test -k contract     # some of it
+    inv lint                 # pyflakes, and the shape checks (layers, module size, public API)
+    inv bench                # ferry beside its floors (bench/README.md)
+"""
+
+import sys
+
+from invoke import task
+
+from ferry.tasks import ns
+
+PYTHON = sys.executable
+
+
+@task(help={"k": "only tests matching this expression (pytest -k)", "x": "stop at the first failure"})
+def test(c, k=None, x=False):
+    """Run the test suite."""
+    c.run(f"{PYTHON} -m pytest" + (f" -k {k!r}" if k else "") + (" -x" if x else ""), pty=sys.stdout.isatty())
+
+
+@task
+def lint(c):
+    """pyflakes over the code, then the shape checks (providers never call up, modules stay small)."""
+    c.run(f"{PYTHON} -m pyflakes lib/ferry bench local_scripts tasks.py")
+    c.run(f"{PYTHON} -m pytest -q tests/test_shape.py")
+
+
+@task(help={"which": "loop, sync or jobs (default: all three)", "repeat": "measured runs per row"})
+def bench(c, which=None, repeat=10):
+    """ferry's hot paths beside their floors, measured in the same run."""
+    for name in [which] if which else ["loop", "sync", "jobs"]:
+        c.run(f"{PYTHON} bench/bench_{name}.py --repeat {int(repeat)}", pty=sys.stdout.isatty())
+
+
+for extra in (test, lint, bench):
+    ns.add_task(extra)
