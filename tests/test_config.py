@@ -113,3 +113,22 @@ def test_offers_with_no_cloud_keys_says_what_it_skipped(ferry, monkeypatch):
                                                                "AWS_CONFIG_FILE": "/nonexistent"})
     assert json.loads(proc.stdout) == []
     assert "skipped runpod" in proc.stderr
+
+
+def test_provider_settings_come_from_defaults_config_and_environment_as_inv_reads_them(ferry, project, home):
+    """A provider's block: its module's DEFAULTS < invoke.yaml < INVOKE_FERRY_PROVIDERS_<NAME>_<KEY> (typed)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (project / "invoke.yaml").write_text("ferry:\n  env: {FOO: bar}\n  providers:\n    vast: {disk: 70}\n")
+    (project / "tasks.py").write_text("from ferry.tasks import ns\n")
+    env = {"INVOKE_FERRY_PROVIDERS_RUNPOD_DISK": "80", "INVOKE_FERRY_PROVIDERS_EC2_REGION": "eu-west-1"}
+    shown = json.loads(ferry.ok("config", "--json", env=env).stdout)["settings"]
+    assert shown["providers"]["runpod"]["disk"] == 80, "typed like the default"
+    assert shown["providers"]["ec2"]["region"] == "eu-west-1" and shown["providers"]["vast"]["disk"] == 70
+    assert shown["providers"]["thunder"]["mode"] == "prototyping" and shown["env"] == {"FOO": "bar"}
+    inv = str(Path(sys.executable).with_name("inv"))
+    proc = subprocess.run([inv, "config", "--json"], cwd=project, capture_output=True, text=True, timeout=60,
+                          env={**__import__("os").environ, **env})
+    assert json.loads(proc.stdout)["settings"] == shown, "ferry and inv read the same configuration"

@@ -34,21 +34,32 @@ GENERAL_DEFAULTS: dict[str, Any] = {
     "launch_timeout": 600,
     "ssh_config": None,  # OpenSSH client config for every ssh ferry runs (-F); default: OpenSSH's ~/.ssh/config
     "hosts": {},  # the ssh provider: name -> "user@host:port" or an ssh_config alias
+    "providers": {},  # per provider: its module's DEFAULTS < this block < INVOKE_FERRY_PROVIDERS_<NAME>_<KEY>
 }
 PROJECT_MARKERS = (".ferry", "tasks.py", ".git")
 
 
 def defaults() -> dict[str, Any]:
-    """ferry's defaults: the general ones plus each provider's own ``DEFAULTS`` block.
+    """ferry's general defaults, as Invoke config (so ``INVOKE_FERRY_<KEY>`` reaches each of them).
 
-    Every key a user may set is listed, so that ``INVOKE_FERRY_PROVIDERS_<NAME>_<KEY>``
-    environment variables reach it (Invoke only overrides keys that exist).
+    Each provider's block is resolved when that provider is used
+    (:meth:`Settings.for_provider`), so start-up never imports a provider module.
     """
-    from . import providers
+    return {k: (dict(v) if isinstance(v, dict) else v) for k, v in GENERAL_DEFAULTS.items()}
 
-    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in GENERAL_DEFAULTS.items()}
-    data["providers"] = {name: dict(providers.module(name).DEFAULTS) for name in providers.names()}
-    return data
+
+def _cast(text: str, default: Any) -> Any:
+    """An environment value in the type of the default it overrides (Invoke's own rule)."""
+    if isinstance(default, bool):
+        return text.strip().lower() not in ("", "0", "false", "no", "off")
+    if isinstance(default, (int, float)):
+        try:
+            return type(default)(text)
+        except ValueError:
+            from .errors import ConfigError
+
+            raise ConfigError(f"{text!r} is not a {type(default).__name__}", hint="fix the INVOKE_FERRY_PROVIDERS_* variable")
+    return text
 
 
 class FerryConfig(Config):
@@ -159,7 +170,17 @@ class Settings:
         return bool(self.data.get("debug") or getenv("FERRY_DEBUG")) or logging.getLogger().isEnabledFor(logging.DEBUG)
 
     def for_provider(self, name: str) -> dict[str, Any]:
-        return dict((self.data.get("providers") or {}).get(name) or {})
+        """A provider's settings: its module's DEFAULTS < ``ferry.providers.<name>`` < INVOKE_FERRY_PROVIDERS_<NAME>_<KEY>."""
+        from . import providers
+
+        declared = dict(providers.module(name).DEFAULTS)
+        block = {**declared, **((self.data.get("providers") or {}).get(name) or {})}
+        prefix = f"INVOKE_FERRY_PROVIDERS_{name.upper()}_"
+        for key in block:
+            value = getenv(prefix + key.upper())
+            if value is not None:
+                block[key] = _cast(value, declared.get(key))
+        return block
 
     # -- places -------------------------------------------------------------------------------
     @property

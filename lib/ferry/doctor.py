@@ -29,8 +29,11 @@ def resolved_config(settings: Settings) -> dict:
         found = apikeys.lookup(settings, name)
         keys[name] = {"set": bool(found), "source": found[1] if found else None,
                       "value": apikeys.mask(found[0]) if found else None}
+    from . import providers
+
+    everything = {**settings.data, "providers": {name: settings.for_provider(name) for name in providers.names()}}
     return {
-        "settings": _mask_tree(settings.data),
+        "settings": _mask_tree(everything),
         "project_dir": str(settings.project_dir),
         "project": settings.project,
         "api_keys": keys,

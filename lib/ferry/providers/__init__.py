@@ -21,12 +21,12 @@ import importlib
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from .. import backoff
 from ..errors import ConfigError, UsageError
 from ..records import Instance, InstanceSpec, Offer, Status
 from .base import OWNED, KeySource, ProviderConfig
 
 if TYPE_CHECKING:
+    from .. import backoff
     from ..config import Settings
     from .base import Provider
 
@@ -86,20 +86,24 @@ def get(name: str, settings: "Settings", overrides: Mapping[str, Any] | None = N
         block = {**block, "hosts": settings.hosts, "ssh_config": block.get("ssh_config") or settings.ssh_config}
     cfg = ProviderConfig(name=name, settings=block, api_key=lambda: apikeys.key(settings, name),
                          project=settings.project, home=settings.home)
-    return Cloud(mod.make(cfg), mod, getattr(mod, "RETRY", None) or backoff.DEFAULT)
+    return Cloud(mod.make(cfg), mod, getattr(mod, "RETRY", None))
 
 
 class Cloud:
     """A provider as the layers above see it: every verb retried under one policy, find-by-name, create-once."""
 
-    def __init__(self, provider: "Provider", mod: ModuleType | None = None, policy: backoff.Policy = backoff.DEFAULT):
+    def __init__(self, provider: "Provider", mod: ModuleType | None = None, policy: "backoff.Policy | None" = None):
+        from .. import backoff
+
         self.provider = provider
         self.module = mod
-        self.policy = policy
+        self.policy = policy or backoff.DEFAULT
         self.name: str = provider.name
         self.capabilities: frozenset[str] = frozenset(provider.capabilities)
 
     def _retry(self, fn: Callable[[], Any], **kw) -> Any:
+        from .. import backoff
+
         return backoff.call(fn, self.policy, **kw)
 
     def can(self, capability: str) -> bool:

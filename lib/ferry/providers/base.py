@@ -17,7 +17,6 @@ bootstrap waits for ssh only on providers with ``SSH``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple, Protocol, TypeVar
 
@@ -49,20 +48,22 @@ class KeySource(NamedTuple):
     files: tuple[str, ...] = ()
 
 
-@dataclass
 class ProviderConfig:
     """What a provider module's ``make`` receives: its settings block and a way to get its key.
 
     The key is a callable so that merely naming a provider (``inv --list``,
     ``ls`` of other clouds) never reads secrets or fails for a missing key.
+    (A plain class, not a dataclass: this module is on every start-up path.)
     """
 
-    name: str
-    settings: dict[str, Any] = field(default_factory=dict)
-    api_key: Callable[[], str] = lambda: ""
-    project: str = "ferry"
-    home: Path = field(default_factory=lambda: Path.home() / ".ferry")
-    user: str = field(default_factory=lambda: _local_user())
+    def __init__(self, name: str, settings: dict[str, Any] | None = None, api_key: Callable[[], str] = lambda: "",
+                 project: str = "ferry", home: Path | None = None, user: str | None = None):
+        self.name = name
+        self.settings = dict(settings or {})
+        self.api_key = api_key
+        self.project = project
+        self.home = home or Path.home() / ".ferry"
+        self.user = user or _local_user()
 
     @property
     def ssh_user(self) -> str | None:
