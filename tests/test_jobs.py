@@ -254,11 +254,15 @@ def _follower_running(job_id: str) -> bool:
     return False
 
 
-def test_a_silent_follow_survives_a_drop(launched, home):
-    job_id = launched.ok("run", "--detach", "sleep 3; echo done; exit 5").stdout.strip()
+def test_a_silent_follow_survives_a_drop(launched, home, project):
+    release = project / "release"
+    job_id = launched.ok("run", "--detach", f"while [ ! -e {release} ]; do sleep 0.05; done; echo done; exit 5"
+                         ).stdout.strip()
     with popen(["logs", "-f", "-j", job_id], launched.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
         until(lambda: _follower_running(job_id), what="the follower on the instance")
         kill_connections(home)  # nothing has been printed yet: the drop must still read as a drop
+        until(lambda: _follower_running(job_id), what="the follower to come back")
+        release.touch()
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 5, err
     assert b"reconnecting" in err and out == b"done\n"

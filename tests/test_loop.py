@@ -146,20 +146,22 @@ def test_launch_after_stop_starts_the_same_instance(launched, home):
     assert len(list((home / ".ferry" / "local").iterdir())) == 1
 
 
-def test_detach_returns_a_job_id_at_once(launched):
-    started = time.monotonic()
-    proc = launched.ok("run", "--detach", "sleep 2; echo finished")
-    assert time.monotonic() - started < 2
+def test_detach_returns_a_job_id_at_once(launched, project):
+    release = project / "release"
+    proc = launched.ok("run", "--detach", f"while [ ! -e {release} ]; do sleep 0.05; done; echo finished")
     job_id = proc.stdout.strip()
     assert job_id
     jobs = json.loads(launched.ok("jobs", "--json").stdout)
-    assert [j["state"] for j in jobs if j["id"] == job_id] == ["running"]
+    assert [j["state"] for j in jobs if j["id"] == job_id] == ["running"], "it returned before the job ended"
+    release.touch()
     assert launched.ok("logs", "-f", "--job", job_id).stdout == "finished\n"
 
 
 def test_ctrl_c_detaches_and_the_job_keeps_running(launched, project):
+    release = project / "release"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ferry", "run", "for i in 1 2 3 4 5 6; do echo line $i; sleep 0.3; done"],
+        [sys.executable, "-m", "ferry", "run",
+         f"echo line 1; while [ ! -e {release} ]; do sleep 0.05; done; for i in 2 3 4 5 6; do echo line $i; done"],
         cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     first = proc.stdout.readline()
@@ -170,6 +172,8 @@ def test_ctrl_c_detaches_and_the_job_keeps_running(launched, project):
     assert "keeps running" in err and "logs -f" in err
     assert "Traceback" not in err
     job = json.loads(launched.ok("jobs", "--json").stdout)[-1]
+    assert job["state"] == "running"
+    release.touch()
     followed = launched.ok("logs", "-f", "--job", job["id"])
     assert followed.stdout.splitlines()[-1] == "line 6"
 

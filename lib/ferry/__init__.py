@@ -19,7 +19,7 @@ would. Imports are lazy, so ``inv --list`` stays fast.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on every start-up
 
 __version__ = "0.1.0"
 
@@ -38,7 +38,7 @@ _EXPORTS = {
     "JobInfo": "ferry.jobs",
     "JobResult": "ferry.follow",
     "Detached": "ferry.jobs",
-    "SyncResult": "ferry.sync",
+    "SyncResult": "ferry.report",
     "FerryError": "ferry.errors",
     "UsageError": "ferry.errors",
     "JobFailed": "ferry.errors",
@@ -62,7 +62,7 @@ if TYPE_CHECKING:
     from .follow import JobResult
     from .jobs import Detached, Job, JobInfo
     from .records import Instance, InstanceSpec, Offer, Status
-    from .sync import SyncResult
+    from .report import SyncResult
 
 
 def __getattr__(name: str):

@@ -1,3 +1,3 @@
-from .program import main
+from .console import main
 
 main()

@@ -40,7 +40,7 @@ CANCEL = threading.Event()
 
 def _check_cancel(name: str) -> None:
     if CANCEL.is_set():
-        raise FerryError(f"launch of {name} cancelled")
+        raise FerryError(f"launch of {name} cancelled", hint=f"see what is left: {cmd('ls --all')}")
 
 
 def wait_until_reachable(box: "Box", cloud: "Cloud", timeout: float, fresh: bool = False) -> Instance:

@@ -20,7 +20,8 @@ from . import rsync
 from .errors import FerryError, UsageError, cmd
 from .fileset import DEFAULT_EXCLUDES
 from .rsync import RSYNC_FLAGS
-from .sync import SyncResult, progress_wanted, stamp, report
+from .report import SyncResult, report
+from .sync import progress_wanted, stamp
 
 if TYPE_CHECKING:
     from .handle import Box
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 ALWAYS_EXCLUDE_DOWN = ("/.ferry/", ".git")  # never pulled, even with --all
 
 
-def _check_relative(path: str) -> str:
+def check_relative(path: str) -> str:
     clean = PurePosixPath(path)
     if clean.is_absolute() or ".." in clean.parts or not str(clean).strip() or str(clean) == ".":
         raise UsageError(
@@ -83,7 +84,7 @@ def download(
     remote = box.remote
     source = box.workdir
     instance = box.instance
-    wanted = [_check_relative(p) for p in paths]
+    wanted = [check_relative(p) for p in paths]
     rules = download_rules(wanted, include, exclude, everything)
     started = time.monotonic()
     if wanted:
@@ -113,26 +114,32 @@ def download(
         backups = project / backups
     rule_file = rsync.rule_file(rules)
     try:
-        argv = [rsync.rsync_binary(), *RSYNC_FLAGS, *extra, "--from0", f"--filter=merge {rule_file}", "-e", remote.rsync_rsh(),
-                "--info=skip1", "--out-format=%i %n", "--backup", f"--backup-dir={backups}"]
+        # --modify-window=-1 compares mtimes to the nanosecond: a result rewritten within the same second
+        # at the same size is still seen as changed (rsync's quick check compares whole seconds).
+        argv = [rsync.rsync_binary(), *RSYNC_FLAGS, *extra, "--from0", f"--filter=merge {rule_file}", "-e",
+                remote.rsync_rsh(), "--modify-window=-1", "--info=skip1", "--out-format=%i %n", "--backup",
+                f"--backup-dir={backups}"]
         if not force:
             argv.append("--update")
         if dry_run:
             argv.append("--dry-run")
         argv += [*sources, f"{project}/"]
-        out = rsync.run(argv, remote, progress_wanted(progress) and not dry_run, "receiving")
+        conflicts: list[str] = []
+        out = rsync.run(argv, remote, progress_wanted(progress) and not dry_run, "receiving", partial=conflicts)
     finally:
         os.unlink(rule_file)
-    result = SyncResult(how="download", dry_run=dry_run)
+    result = SyncResult(how="download", dry_run=dry_run, conflicts=conflicts)
     result.files, result.bytes = rsync.parse_stats(out)
     for line in out.splitlines():
         if line.startswith(">f") and len(line) > 12:
             result.received.append(rsync.unescape(line[12:]))
-            if line[2:11] != "+++++++++":
+            if dry_run and line[2:11] != "+++++++++":
                 result.backed_up.append(rsync.unescape(line[12:]))
         elif line.endswith(" is newer"):
             result.skipped.append(rsync.unescape(line[: -len(" is newer")]))
-    if result.backed_up:  # (a dry run names where the backups would go)
+    if not dry_run:  # what rsync moved into this download's backup dir is everything it replaced or moved aside
+        result.backed_up, result.moved_aside = _backed_up(backups, project)
+    if result.backed_up or result.moved_aside:  # (a dry run names where the backups would go)
         try:
             result.backup_dir = str(backups.relative_to(project))
         except ValueError:
@@ -140,4 +147,27 @@ def download(
     result.seconds = time.monotonic() - started
     if announce:
         report(result, "would fetch" if dry_run else "downloaded")
+    if conflicts:
+        first = conflicts[0]
+        raise FerryError(
+            f"{len(conflicts)} path{'s' if len(conflicts) != 1 else ''} could not come home: "
+            + ", ".join(conflicts[:5]) + (", ..." if len(conflicts) > 5 else "")
+            + " (something of another kind is in the way here: a directory where the instance has a file, or back)",
+            hint=f"move it aside and fetch it again: mv {shlex.quote(first)} {shlex.quote(first + '.local')} && "
+                 + cmd(f"download --path {shlex.quote(first)}"),
+        )
     return result
+
+
+def _backed_up(backups: Path, project: Path) -> tuple[list[str], list[str]]:
+    """(replaced, moved aside) local files now in ``backups``: moved aside when a directory took their place."""
+    if not backups.is_dir():
+        return [], []
+    replaced, moved = [], []
+    for path in sorted(backups.rglob("*")):
+        if path.is_dir() and not path.is_symlink():
+            continue
+        rel = str(path.relative_to(backups))
+        here = project / rel
+        (moved if here.is_dir() and not here.is_symlink() else replaced).append(rel)
+    return replaced, moved

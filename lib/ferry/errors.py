@@ -12,6 +12,7 @@ class FerryError(Exception):
     """Base for every failure ferry expects and can explain."""
 
     exit_code = 1
+    fallback_hint = "run it again with --debug for the details"
 
     def __init__(self, message: str, hint: str | None = None, exit_code: int | None = None):
         super().__init__(message)
@@ -28,6 +29,7 @@ class UsageError(FerryError):
     """The command line itself is wrong (exit status 2, like argparse)."""
 
     exit_code = 2
+    fallback_hint = "see the task's flags: ferry --help TASK"
 
 
 class ConfigError(FerryError):
@@ -45,6 +47,8 @@ class NoInstanceError(FerryError):
 class ProviderError(FerryError):
     """A cloud API refused or failed a request."""
 
+    fallback_hint = "the cloud's own console says more; ferry doctor checks keys and settings"
+
 
 class TransientError(ProviderError):
     """A failure worth retrying: 429, 5xx, a timeout or a dropped connection."""
@@ -57,6 +61,8 @@ class TransientError(ProviderError):
 class SSHError(FerryError):
     """The instance could not be reached or refused us."""
 
+    fallback_hint = "check that it runs: ferry status"
+
 
 class HostKeyError(SSHError):
     """The host key changed since ferry pinned it: possibly an attack, possibly a rebuilt instance."""
@@ -68,6 +74,8 @@ class RemoteCommandError(FerryError):
 
 class JobError(FerryError):
     """A job is unknown, or did not reach the state asked for."""
+
+    fallback_hint = "list the jobs: ferry jobs"
 
 
 class JobFailed(FerryError):

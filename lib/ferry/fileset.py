@@ -32,9 +32,10 @@ import stat
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AbstractSet, Iterable
+from typing import AbstractSet, Iterable, Mapping
 
 from .errors import FerryError
+from .heldback import Matcher, groups, sniff
 from .tools import require
 
 # Files that hold secrets: never sent to a rented machine, in git projects too (a .env that
@@ -86,7 +87,9 @@ class FileSet:
     dropped: list[str] = field(default_factory=list)
     dropped_dirs: list[str] = field(default_factory=list)
     repos: list[str] = field(default_factory=list)  # "" for the top, "sub/" for each submodule or nested repo
-    held_secrets: list[str] = field(default_factory=list)  # dropped because they look like secrets
+    held_secrets: list[str] = field(default_factory=list)  # dropped because they look like secrets (name or content)
+    held: dict[str, list[str]] = field(default_factory=dict)  # default rule -> what it dropped (data, weights, ...)
+    specials: list[str] = field(default_factory=list)  # FIFOs, sockets, devices: nothing rsync can send
     _rules: list[str] | None = None
     _ignored_dirs: list[str] | None = None
 
@@ -184,38 +187,52 @@ def _ignore_lines(root: Path) -> list[str]:
         raise FerryError(f"cannot read {root / IGNORE_FILE}: {exc}", hint="fix its permissions") from exc
 
 
-def _spec(lines: list[str]):
+def _matcher(lines: list[str], user_from: int) -> Matcher | None:
     if not any(l.strip() and not l.lstrip().startswith("#") for l in lines):
         return None
-    import pathspec  # ~10 ms; only when there is something to match
-
-    return pathspec.GitIgnoreSpec.from_lines(lines)
+    return Matcher(lines, user_from)
 
 
-def scan(root: Path, known: AbstractSet[str] = frozenset(), known_spec: str | None = None) -> FileSet:
-    """The file set of ``root`` with stats; ``known`` paths (kept last time under ``known_spec``) skip matching."""
+def scan(root: Path, known: AbstractSet[str] = frozenset(), known_spec: str | None = None,
+         previous: Mapping[str, Stat] | None = None) -> FileSet:
+    """The file set of ``root`` with stats.
+
+    ``known`` paths (kept last time under ``known_spec``) skip matching;
+    files whose stat differs from ``previous`` (the last sync's record) have
+    their first KB read for secrets.
+    """
     root = Path(root)
     git = in_git(root)
-    lines = _ignore_lines(root)
+    user_lines = _ignore_lines(root)
     # Outside git the defaults stand in for .gitignore; inside, git decides but secrets stay home.
-    lines = [*(SECRET_EXCLUDES if git else DEFAULT_EXCLUDES), *lines]
+    base = SECRET_EXCLUDES if git else DEFAULT_EXCLUDES
+    lines = [*base, *user_lines]
     spec_hash = hashlib.sha1(("git\n" if git else "plain\n").encode() + "\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()[:16]
-    spec = _spec(lines)
+    spec = _matcher(lines, len(base))
     trusted = known if known_spec == spec_hash else frozenset()
     fs = FileSet(root=root, git=git, files={}, spec_hash=spec_hash)
     if git:
         _scan_git(fs, "", spec, trusted, depth=0)
     else:
         _scan_plain(fs, spec, trusted)
-    secret = _spec(list(SECRET_EXCLUDES))
-    fs.held_secrets = [p for p in [*fs.dropped, *fs.dropped_dirs] if secret.match_file(p) and spec.match_file(p)]
+    secret = Matcher(list(SECRET_EXCLUDES), len(SECRET_EXCLUDES))
+    fs.held_secrets = [p for p in [*fs.dropped, *fs.dropped_dirs] if secret.excluded(p) and spec and spec.excluded(p)]
+    by_content = sniff(os.fspath(root), fs.files, previous or {}, spec)
+    for path in by_content:
+        del fs.files[path]
+    fs.dropped.extend(by_content)
+    fs.held_secrets.extend(by_content)
+    secrets = set(fs.held_secrets)
+    specials = set(fs.specials)
+    fs.held = groups(spec, [p for p in fs.dropped if p not in secrets and p not in specials],
+                     [d for d in fs.dropped_dirs if d not in secrets and d != ".ferry"])
     return fs
 
 
-def _keep(path: str, spec, trusted: AbstractSet[str]) -> bool:
+def _keep(path: str, spec: Matcher | None, trusted: AbstractSet[str]) -> bool:
     if spec is None or path in trusted:
         return True
-    return not spec.match_file(path)
+    return not spec.excluded(path)
 
 
 def _scan_git(fs: FileSet, prefix: str, spec, trusted: AbstractSet[str], depth: int) -> None:
@@ -249,8 +266,9 @@ def _scan_git(fs: FileSet, prefix: str, spec, trusted: AbstractSet[str], depth: 
             # else: a submodule that was never checked out; nothing to send
         else:
             fs.dropped.append(path)  # sockets, fifos: rsync could not send them anyway
+            fs.specials.append(path)
     for sub in nested:
-        if spec is not None and spec.match_file(sub):
+        if spec is not None and spec.excluded(sub):
             fs.dropped_dirs.append(sub.rstrip("/"))
             continue
         _scan_git(fs, sub, spec, trusted, depth + 1)
@@ -269,7 +287,7 @@ def _scan_plain(fs: FileSet, spec, trusted: AbstractSet[str]) -> None:
         for entry in entries:
             path = rel + entry.name
             if entry.is_dir(follow_symlinks=False):
-                if path == ".ferry" or (spec is not None and spec.match_file(path + "/")):
+                if path == ".ferry" or (spec is not None and spec.excluded(path + "/")):
                     fs.dropped_dirs.append(path)
                 else:
                     stack.append(path + "/")
@@ -278,7 +296,10 @@ def _scan_plain(fs: FileSet, spec, trusted: AbstractSet[str]) -> None:
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            if (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)) and _keep(path, spec, trusted):
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+                fs.dropped.append(path)
+                fs.specials.append(path)
+            elif _keep(path, spec, trusted):
                 fs.files[path] = (st.st_size, st.st_mtime_ns, st.st_mode)
             else:
                 fs.dropped.append(path)

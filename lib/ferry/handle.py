@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from .jobs import Job, JobInfo, JobResult
     from .providers import Cloud
     from .remote import Remote
-    from .sync import SyncResult
+    from .report import SyncResult
 
 
 def resolve(settings: Settings, name: str | None = None) -> Instance:

@@ -78,6 +78,7 @@ def job_spec(box: "Box", command: str, env: Mapping[str, str] | None = None, cwd
     lines = [
         # First, and digits only: the wrapper reads this one line without sourcing the rest.
         f"FERRY_TIMEOUT={shell_seconds(timeout) if timeout else ''}",
+        f"FERRY_KEEP_JOBS={int(box.settings.data.get('jobs_kept') or 200)}",  # second, digits only: read unsourced
         f"FERRY_COMMAND={shlex.quote(command)}",
         f"FERRY_WORKDIR={shlex.quote(base)}",
         f"FERRY_CWD={shlex.quote(target)}",

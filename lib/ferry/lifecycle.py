@@ -20,7 +20,7 @@ from .config import Settings
 from .errors import FerryError, NoInstanceError, UsageError, cmd
 from .providers.base import CLONE, GPU, MODIFY, OWNED, SPEC_NEEDS, STOP
 from .records import Instance, InstanceSpec, Status, check_name
-from .store import ProjectState
+from .store import ProjectState, locked
 
 if TYPE_CHECKING:
     from invoke import Context
@@ -43,14 +43,18 @@ def launch(c: "Context | Settings | None" = None, *, name: str | None = None, pr
     """Reuse, start or create the named instance; return its Box, reachable, bootstrapped and (by default) current.
 
     Idempotent by name: the cloud is asked for the name first, and a create
-    whose answer is lost is found rather than repeated.
+    whose answer is lost is found rather than repeated. A name the project
+    already records on a provider means that provider. Launches of one name
+    take turns (a lock per user, provider and name), so two at once make one
+    instance and both succeed.
     """
     settings = Settings.of(c)
     spec = spec or InstanceSpec(name="", gpu=gpu, gpu_count=gpu_count or (1 if gpu else 0), image=image,
                                 disk_gb=disk, spot=spot, max_price=max_price, region=region, ports=list(ports),
                                 volume_gb=volume)
-    provider_name = provider or (spec.provider if spec.provider not in ("", "local") else None) or settings.provider
     spec.name = check_name(name or spec.name or settings.name or settings.project)
+    asked = provider or (spec.provider if spec.provider not in ("", "local") else None)
+    provider_name = _provider_for_name(settings, spec.name, asked) or settings.provider
     if provider_name == "auto":
         from . import clouds
 
@@ -62,6 +66,30 @@ def launch(c: "Context | Settings | None" = None, *, name: str | None = None, pr
     spec.provider, spec.public_key = provider_name, sshkey.public_key(key)
     spec.labels = {providers.PROJECT_LABEL: settings.project, **spec.labels}
 
+    with locked(settings.home / "locks" / f"{provider_name}-{spec.name}.lock"):
+        handle = _launch_locked(settings, cloud, spec, timeout)
+    state = project_state(settings)
+    before = state.current_name()
+    if state.record(handle.instance, make_current=make_current) and before:
+        log.info("the project's current instance is now %s (was %s)", handle.name, before)
+    return handle
+
+
+def _provider_for_name(settings: Settings, name: str, asked: str | None) -> str | None:
+    """The provider this project records ``name`` on, which a launch of that name must use."""
+    recorded = project_state(settings).get(name)
+    if recorded is None:
+        return asked
+    if asked not in (None, "auto", recorded.provider):
+        raise UsageError(
+            f"{name} is this project's {recorded.provider} instance; --provider {asked} would make a second one",
+            hint=f"launch it where it is: {cmd(f'launch --name {name}')}, or pick another --name for a {asked} instance",
+        )
+    return recorded.provider
+
+
+def _launch_locked(settings: Settings, cloud: "Cloud", spec: InstanceSpec, timeout: float | None) -> Box:
+    provider_name = cloud.name
     existing = cloud.find(spec.name)
     created = False
     if existing is None:
@@ -89,8 +117,6 @@ def launch(c: "Context | Settings | None" = None, *, name: str | None = None, pr
         if created:
             _clean_up_failed_create(cloud, handle.instance, exc)
         raise
-    if project_state(settings).record(handle.instance, make_current=make_current):
-        log.debug("%s is now the project's current instance", handle.name)
     return handle
 
 
@@ -286,7 +312,8 @@ def modify(handle: Box, *, cpu: int | None = None, gpu: str | None = None, gpu_c
         handle.remote.close()  # it restarts: do not keep a master to the old one
     fresh = cloud.get(handle.instance.id)
     if fresh is None:
-        raise FerryError(f"instance {handle.name} ({handle.instance.id}) disappeared while being modified")
+        raise FerryError(f"instance {handle.name} ({handle.instance.id}) disappeared while being modified",
+                         hint=f"see what the cloud has: {cmd('ls --all')}")
     _record(handle, fresh)
     bootstrap.wait_until_reachable(handle, cloud, timeout or handle.settings.launch_timeout)
     return _record(handle, handle.instance)

@@ -13,11 +13,24 @@ from __future__ import annotations
 import sys
 
 from invoke import Program
-from invoke.exceptions import ParseError
+from invoke.exceptions import Exit, ParseError
 
 from . import __version__
 from .config import FerryConfig, project_root
 from .tasks import ns
+
+
+def _interruptible(step):
+    """Invoke turns a Ctrl-C into a silent exit 1; an interrupted command exits 130, whatever step it was in."""
+
+    def run_step(self, *args, **kwargs):
+        try:
+            return step(self, *args, **kwargs)
+        except KeyboardInterrupt:
+            raise Exit(code=130) from None
+
+    run_step.__name__ = step.__name__
+    return run_step
 
 
 class FerryProgram(Program):
@@ -46,8 +59,13 @@ class FerryProgram(Program):
             self._usage_error(ParseError(f"bad value: {exc}"))
 
 
+for _step in ("create_config", "parse_core", "parse_collection", "parse_tasks", "parse_cleanup", "update_config",
+              "execute"):
+    setattr(FerryProgram, _step, _interruptible(getattr(FerryProgram, _step)))
+
 program = FerryProgram(namespace=ns, name="ferry", binary="ferry", version=__version__, config_class=FerryConfig)
 
 
 def main() -> None:
+    """The console script (see ferry.console, which wraps this with the Ctrl-C rule)."""
     program.run()

@@ -146,6 +146,7 @@ class Remote:
             raise RemoteCommandError(
                 f"remote command failed with exit status {proc.returncode} on {self.instance.name}"
                 + (f": {detail[-1]}" if detail else ""),
+                hint=f"look on the instance: {cmd(f'ssh --name {self.instance.name}')}",
             )
         return proc
 

@@ -78,10 +78,27 @@ class Sent:
                 self.replaced.append(name)
 
 
-def raise_for(code: int, stderr: bytes, remote: "Remote", what: str = "rsync") -> None:
+CONFLICT = re.compile(r"(?:could not make way for new (?:regular file|symlink|directory|device|special file)"
+                      r"|cannot delete non-empty directory|delete_file: \w+\(.*?\) failed): (.+?)(?: \(.*\))?$")
+
+
+def conflicts(stderr: str) -> list[str]:
+    """The paths rsync could not put in place because something of another kind stands there."""
+    return [rsync_name for line in stderr.splitlines() if (m := CONFLICT.search(line)) and (rsync_name := unescape(m.group(1)))]
+
+
+def raise_for(code: int, stderr: bytes, remote: "Remote", what: str = "rsync", partial: list[str] | None = None) -> None:
+    """Exit codes as ferry's errors. With ``partial``, an exit 23 whose only errors are conflicts is not
+    raised: the conflicting paths are appended to ``partial`` for the caller to report."""
     if code in (0, 24):  # 24: a file vanished while sending, which is fine
         return
     text = stderr.decode(errors="replace")
+    if code == 23 and partial is not None:
+        errors = [l for l in text.splitlines() if l.strip() and not l.startswith("rsync error:")]
+        found = conflicts(text)
+        if found and len(found) == len(errors):
+            partial.extend(found)
+            return
     if code == 255 or (code in CONNECTION_EXITS and re.search(
             r"connection unexpectedly closed|Broken pipe|Connection (refused|reset|closed|timed out)|"
             r"error in socket IO|protocol data stream|timeout", text)):
@@ -95,11 +112,14 @@ def raise_for(code: int, stderr: bytes, remote: "Remote", what: str = "rsync") -
     )
 
 
-def run(argv: list[str], remote: "Remote", progress: bool, label: str) -> str:
-    """Run rsync; return its stdout (stats, itemized lines). Connection failures raise SSHError."""
+def run(argv: list[str], remote: "Remote", progress: bool, label: str, partial: list[str] | None = None) -> str:
+    """Run rsync; return its stdout (stats, itemized lines). Connection failures raise SSHError.
+
+    ``partial`` collects conflicting paths instead of failing (see raise_for).
+    """
     if not progress:
         proc = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL)
-        raise_for(proc.returncode, proc.stderr, remote)
+        raise_for(proc.returncode, proc.stderr, remote, partial=partial)
         return proc.stdout.decode("utf-8", "replace")
     argv = [argv[0], "--info=progress2", *argv[1:]]
     bar = TransferBar(label)
@@ -133,7 +153,7 @@ def run(argv: list[str], remote: "Remote", progress: bool, label: str) -> str:
         finally:
             bar.close()
         err.seek(0)
-        raise_for(code, err.read(), remote)
+        raise_for(code, err.read(), remote, partial=partial)
     return out.decode("utf-8", "replace")
 
 
@@ -192,7 +212,8 @@ def tar_stream(project: Path, paths: Sequence[str], total: int, remote: "Remote"
         os.unlink(listing)
     raise_for(code, err, remote, what="tar on the instance")
     if made not in (0, 1):  # 1: a file changed while it was read; the next sync sends it again
-        raise FerryError(f"tar failed (exit {made}): {made_err.decode(errors='replace').strip()[:300]}")
+        raise FerryError(f"tar failed (exit {made}): {made_err.decode(errors='replace').strip()[:300]}",
+                         hint="check that the project's files are readable, then sync again")
 
 
 def _pump(source, remote: "Remote", remote_cmd: str, total: int) -> tuple[int, bytes]:

@@ -100,7 +100,8 @@ def _generate(path: Path) -> None:
         stdin=subprocess.DEVNULL, capture_output=True, text=True,
     )
     if proc.returncode != 0:
-        raise ConfigError(f"ssh-keygen could not make ferry's key: {proc.stderr.strip()}")
+        raise ConfigError(f"ssh-keygen could not make ferry's key: {proc.stderr.strip()}",
+                          hint=f"check that {path.parent} is writable, or set ferry.ssh_key to a key of yours")
     os.chmod(tmp, 0o600)
     os.replace(f"{tmp}.pub", f"{path}.pub")
     os.replace(tmp, path)

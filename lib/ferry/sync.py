@@ -42,78 +42,26 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, AbstractSet, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, AbstractSet, Iterable, Sequence
 
 from . import fileset, rsync
 from .errors import FerryError, UsageError, cmd
 from .fileset import DEFAULT_EXCLUDES, FileSet, Stat
 from .manifest import LocalRecord, ManifestChanged, NoPython, RemoteManifest, cache_path, local_key, new_token, remote_key
-from .output import size as _human
+from .report import SyncResult, _s, report
 from .rsync import ITEM_FORMAT, RSYNC_FLAGS, Sent
-
 if TYPE_CHECKING:
     from .handle import Box
 
 log = logging.getLogger(__name__)
 
-__all__ = ["upload", "report", "SyncResult", "DEFAULT_EXCLUDES", "DELETE_MODES"]
+__all__ = ["upload", "report", "SyncResult", "DEFAULT_EXCLUDES", "DELETE_MODES", "progress_wanted", "stamp"]
 
 DELETE_MODES = ("sent", "never")
 LIST_LIMIT = 1000  # changed files sent as an explicit list; more than this and the filtered tree walk is cheaper
 REPLACED_DIR = ".ferry/replaced"  # on the instance, under its home: what a sync replaced, one dir per sync
 KEEP_REPLACED = 10  # the newest backup dirs kept there; older ones go (they would grow without bound)
-
-
-@dataclass
-class SyncResult:
-    files: int = 0
-    bytes: int = 0
-    seconds: float = 0.0
-    deleted: list[str] = field(default_factory=list)
-    kept_remote: list[str] = field(default_factory=list)  # sent before, changed on the instance since: kept
-    kept_unsent: list[str] = field(default_factory=list)  # up: never sent by ferry, the instance has its own copy
-    replaced: list[str] = field(default_factory=list)  # up: remote files replaced, previous copy in replaced_dir
-    replaced_dir: str | None = None  # up: absolute path on the instance
-    skipped: list[str] = field(default_factory=list)  # download: newer local files kept
-    backed_up: list[str] = field(default_factory=list)  # download: local files replaced, previous copy kept
-    received: list[str] = field(default_factory=list)
-    would_send: list[str] = field(default_factory=list)  # dry run
-    backup_dir: str | None = None
-    how: str = ""  # "unchanged", "changes", "full", "initial", "dry-run", "download"
-    dry_run: bool = False
-    warnings: list[str] = field(default_factory=list)
-    fileset: FileSet | None = field(default=None, repr=False, compare=False)  # up: the set that was synced
-
-    def summary(self, verb: str) -> str:
-        text = f"{verb} {self.files} file{_s(self.files)} ({_human(self.bytes)}) in {self.seconds:.3f}s"
-        held = sorted(self.fileset.held_secrets) if self.fileset is not None else []
-        if held:
-            names = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
-            text += (f"; held back {len(held)} file{_s(held)} that look{'s' if len(held) == 1 else ''} like secrets "
-                     f"({names}): a !pattern in .ferryignore sends one")
-        if self.deleted:
-            text += f"; {'would delete' if self.dry_run else 'deleted'} {len(self.deleted)} on the instance"
-        if self.kept_remote:
-            text += f"; kept {len(self.kept_remote)} remote file{_s(self.kept_remote)} changed there since ferry sent it"
-        if self.kept_unsent:
-            text += (f"; {'would keep' if self.dry_run else 'kept'} the instance's copy of {len(self.kept_unsent)} "
-                     f"file{_s(self.kept_unsent)} ferry never sent")
-        if self.replaced and not self.dry_run:
-            text += (f"; replaced {len(self.replaced)} file{_s(self.replaced)} on the instance, previous "
-                     f"cop{'y' if len(self.replaced) == 1 else 'ies'} in {self.replaced_dir}")
-        if self.skipped:
-            text += f"; kept {len(self.skipped)} newer local file{_s(self.skipped)}"
-        if self.backed_up:
-            text += (f"; {'would back up' if self.dry_run else 'backed up'} {len(self.backed_up)} replaced "
-                     f"file{_s(self.backed_up)} in {self.backup_dir}")
-        return text
-
-
-def _s(n) -> str:
-    n = n if isinstance(n, int) else len(n)
-    return "" if n == 1 else "s"
 
 
 def stamp() -> str:
@@ -165,7 +113,8 @@ class _Up:
         known: AbstractSet[str] = frozenset()
         if self.record.valid:
             known = self.record.files.keys() | self.kept.keys() if self.kept else self.record.files.keys()
-        self.fs: FileSet = fileset.scan(self.project, known, self.record.spec_hash)
+        self.fs: FileSet = fileset.scan(self.project, known, self.record.spec_hash,
+                                        previous=self.record.files if self.record.valid else None)
         home = (instance.remote_home or str(PurePosixPath(self.target).parent)).rstrip("/")
         self.replaced_dir = f"{home}/{REPLACED_DIR}/{stamp()}"
 
@@ -244,7 +193,14 @@ class _Up:
             self._delete(to_delete, current, result, extra)
         kept: dict[str, Stat] = {}
         if not occupied and rsync.gnu_tar() and self.fs.files:
-            self._tar(result)  # an empty workdir: nothing there to overwrite
+            # An empty workdir: nothing there to overwrite. tar writes files in place, so a stream cut
+            # short (kill -9, a dropped connection, a full disk) leaves a truncated file behind: the
+            # instance's record lists every file first, so the next sync treats them all as ferry's
+            # and compares them, rather than keeping a half-written one as the instance's own copy.
+            intent = new_token()
+            self.manifest.write(intent, self._sent(frozenset(), extra), expect=current)
+            current = intent
+            self._tar(result)
         else:
             done = self._send(None, sent_before)
             kept = {p: self.fs.files[p] for p in done.kept}
@@ -395,27 +351,3 @@ def upload(box: "Box", dry_run: bool = False, delete: str = "sent", full: bool =
     if announce:
         report(result, "would send" if dry_run else "synced")
     return result
-
-
-def report(result: SyncResult, verb: str, say: Callable[[str], None] | None = None) -> None:
-    """Every file a download skipped or backed up, every remote file an upload kept, then the one-line summary.
-
-    Logged at INFO (so a recipe shows the same lines as a task), or handed to
-    ``say`` (``sync --watch`` stamps each line with the time).
-    """
-    line = say or log.info
-    for path in result.skipped:
-        line(f"kept newer local file: {path}")
-    for path in result.backed_up:
-        if result.dry_run:
-            line(f"would replace {path} (previous copy to {result.backup_dir}/{path})")
-        else:
-            line(f"backed up {path} (previous copy in {result.backup_dir}/{path})")
-    for path in result.kept_remote:
-        line(f"kept {path} on the instance: it changed there since ferry sent it")
-    for path in result.kept_unsent:
-        line(f"{'would keep' if result.dry_run else 'kept'} the instance's copy of {path}: ferry never sent it; "
-             f"download it, or delete it there and run {cmd('sync --full')} to replace it")
-    for warning in result.warnings:
-        line(f"warning: {warning}")
-    line(result.summary(verb))

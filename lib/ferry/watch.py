@@ -30,7 +30,8 @@ from pathlib import Path
 from .backoff import Backoff
 from .handle import Box, resolve
 from .errors import FerryError, HostKeyError, UsageError
-from .sync import report, upload
+from .report import report
+from .sync import upload
 
 log = logging.getLogger(__name__)
 

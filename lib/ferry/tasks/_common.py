@@ -26,19 +26,24 @@ def ferry_task(*args, **kwargs):
         def wrapper(c, *a, **kw):
             from .. import output
             from ..config import Settings
-            from ..errors import FerryError
+            from ..errors import FerryError, program
 
             debug = Settings.of(c).debug
             output.install_logging(debug)
             try:
-                return func(c, *a, **kw)
+                done = func(c, *a, **kw)
+                sys.stdout.flush()  # a pipe closed early fails here, not in the interpreter's exit
+                return done
             except FerryError as exc:
                 if debug:
                     traceback.print_exc()
-                output.error(exc.message, exc.hint)
+                output.error(exc.message, exc.hint or exc.fallback_hint.replace("ferry ", f"{program()} ", 1))
                 raise Exit(code=exc.exit_code) from None
             except BrokenPipeError:
                 stdout_gone()
+            except KeyboardInterrupt:
+                # Invoke would turn this into a silent exit 1; an interrupted command exits 130.
+                raise Exit(code=130) from None
 
         return invoke_task(*args, **kwargs)(wrapper)
 

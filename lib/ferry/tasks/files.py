@@ -60,6 +60,10 @@ def download(c, path=None, name=None, force=False, backup_dir=None, all=False, i
 
     from ..handle import get as get_box
 
+    from ..download import check_relative
+
+    for wanted in path or []:
+        check_relative(wanted)  # a bad path is a usage error before anything else is looked at
     result = get_box(c, name).download(*(path or []), dry_run=dry_run, force=force, backup_dir=backup_dir,
                                              everything=all, include=include or [], exclude=exclude or [])
     if dry_run:

@@ -61,7 +61,7 @@ def run(c, command, name=None, detach=False, env=None, cwd=None, timeout=None, l
     if wait_seconds and not wait_for:
         raise UsageError("--wait-timeout needs --wait-for", hint='e.g. --wait-for "Listening on" --wait-timeout 5m')
     if then_always and then is None:
-        raise UsageError("--then-always needs --then stop or --then terminate")
+        raise UsageError("--then-always needs --then stop or --then terminate", hint="add --then stop (or terminate)")
     box = get_box(c, name)
     jobs.check_then(box, then)
     try:
