@@ -303,7 +303,10 @@ def test_output_comes_through_byte_for_byte(launched, home, project):
 def test_a_job_whose_instance_stopped_reads_lost(launched):
     job_id = launched.ok("run", "--detach", "--label", "long", "echo working; sleep 300").stdout.strip()
     until(lambda: jobs_json(launched)[job_id]["state"] == "running", what="the job to run")
-    launched.ok("stop")
+    err = assert_one_line_error(launched("stop"), code=2)
+    assert job_id in err and "(long)" in err and "--yes" in err, "stop names the jobs it would lose"
+    assert jobs_json(launched)[job_id]["state"] == "running", "and stops nothing"
+    launched.ok("stop", "--yes")
     launched.ok("start")
     job = jobs_json(launched)[job_id]
     assert (job["state"], job["exit_code"]) == ("lost", None)

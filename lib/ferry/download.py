@@ -147,6 +147,8 @@ def download(
     result.seconds = time.monotonic() - started
     if announce:
         report(result, "would fetch" if dry_run else "downloaded")
+    if not backup_dir and not dry_run and (result.backed_up or result.moved_aside):
+        _prune_backups(backups.parent)
     if conflicts:
         first = conflicts[0]
         raise FerryError(
@@ -171,3 +173,28 @@ def _backed_up(backups: Path, project: Path) -> tuple[list[str], list[str]]:
         here = project / rel
         (moved if here.is_dir() and not here.is_symlink() else replaced).append(rel)
     return replaced, moved
+
+
+KEEP_BACKUPS = 10  # download backup directories kept under .ferry/backups/ (the newest)
+
+
+def _prune_backups(root: Path) -> None:
+    """Keep the newest KEEP_BACKUPS backup directories; say in one line what went and what is kept."""
+    import shutil
+
+    from .output import size
+
+    stamps = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    old = stamps[:-KEEP_BACKUPS]
+
+    def weight(path: Path) -> int:
+        return sum(f.lstat().st_size for f in path.rglob("*") if f.is_file() or f.is_symlink())
+
+    if not old:
+        return
+    freed = sum(weight(p) for p in old)
+    for path in old:
+        shutil.rmtree(path, ignore_errors=True)
+    kept = sum(weight(p) for p in stamps[-KEEP_BACKUPS:])
+    log.info("removed the %d oldest download backup%s (%s); %d kept in %s (%s)", len(old), "s" if len(old) != 1 else "",
+             size(freed), min(len(stamps), KEEP_BACKUPS), root.name, size(kept))

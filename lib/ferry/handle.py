@@ -134,11 +134,11 @@ class Box:
 
     # -- files ---------------------------------------------------------------------------------
     def sync(self, *, dry_run: bool = False, delete: str = "sent", full: bool = False,
-             progress: bool | None = None) -> "SyncResult":
-        """Send the project's file set to the workdir (see ferry.sync)."""
+             progress: bool | None = None, verbose: bool = False) -> "SyncResult":
+        """Send the project's file set to the workdir (see ferry.sync); ``verbose`` names every file."""
         from . import sync
 
-        return sync.upload(self, dry_run=dry_run, delete=delete, full=full, progress=progress)
+        return sync.upload(self, dry_run=dry_run, delete=delete, full=full, progress=progress, verbose=verbose)
 
     def download(self, *paths: str, dry_run: bool = False, force: bool = False, backup_dir: str | None = None,
                  everything: bool = False, include: Sequence[str] = (), exclude: Sequence[str] = (),

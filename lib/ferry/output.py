@@ -35,6 +35,24 @@ def colour(stream=None) -> bool:
     return tty and not config.getenv("NO_COLOR") and config.getenv("TERM") != "dumb"
 
 
+def terminal() -> bool:
+    """Both ends of an interactive session are a terminal (what ssh and attach need)."""
+    try:
+        return sys.stdin.isatty() and sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def confirm(question: str) -> bool:
+    """Ask on the terminal; False (never a hang) when there is none to ask on."""
+    if not terminal():
+        return False
+    try:
+        return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
+
+
 def _console(stream):
     from rich.console import Console
 

@@ -38,6 +38,11 @@ class FerryProgram(Program):
         self.config = self.config_class(project_location=str(project_root()))
         self.config.load_project()
 
+    def parse_cleanup(self) -> None:
+        if self.args.complete.value:
+            complete_values(self.core.remainder)  # raises Exit when the word being completed is a flag's value
+        super().parse_cleanup()
+
     def _usage_error(self, exc: ParseError) -> None:
         from .output import error
 
@@ -57,6 +62,46 @@ class FerryProgram(Program):
             self._usage_error(exc)
         except ValueError as exc:  # Invoke casts flags with numeric defaults itself
             self._usage_error(ParseError(f"bad value: {exc}"))
+
+
+VALUE_FLAGS = ("--name", "-n", "--provider", "-p", "--gpu", "-g", "--job", "-j")
+
+
+def complete_values(remainder: str) -> None:
+    """Shell completion of flag values (Invoke completes task and flag names): instances, jobs, GPUs, providers."""
+    import shlex
+
+    try:
+        tokens = shlex.split(remainder)
+    except ValueError:
+        return
+    if not tokens or tokens[-1] not in VALUE_FLAGS:
+        return
+    flag = tokens[-1]
+    values: list[str] = []
+    try:
+        if flag in ("--provider", "-p"):
+            from . import providers
+
+            values = [*providers.names(), "auto"]
+        elif flag in ("--gpu", "-g"):
+            from . import gpus
+
+            values = gpus.known_aliases()
+        elif flag in ("--name", "-n"):
+            from .store import ProjectState
+
+            values = sorted(ProjectState(project_root()).read()["instances"])
+        else:
+            from .handle import get
+
+            name = tokens[tokens.index("--name") + 1] if "--name" in tokens[:-1] else None
+            values = [v for job in get(None, name).jobs() for v in (job.id, job.label) if v]
+    except Exception:  # noqa: BLE001 - completion must never print an error into the user's command line
+        values = []
+    for value in values:
+        print(value)
+    raise Exit
 
 
 for _step in ("create_config", "parse_core", "parse_collection", "parse_tasks", "parse_cleanup", "update_config",

@@ -24,7 +24,9 @@ class SyncResult:
     seconds: float = 0.0
     deleted: list[str] = field(default_factory=list)
     kept_remote: list[str] = field(default_factory=list)  # sent before, changed on the instance since: kept
-    kept_unsent: list[str] = field(default_factory=list)  # up: never sent by ferry, the instance has its own copy
+    kept_unsent: list[str] = field(default_factory=list)  # up: never sent by ferry, the instance has its own (other) copy
+    kept_same: list[str] = field(default_factory=list)  # up: likewise, but the same as ours: nothing to say
+    sent: list[str] = field(default_factory=list)  # up: the files sent
     replaced: list[str] = field(default_factory=list)  # up: remote files replaced, previous copy in replaced_dir
     replaced_dir: str | None = None  # up: absolute path on the instance
     skipped: list[str] = field(default_factory=list)  # download: newer local files kept
@@ -55,9 +57,6 @@ class SyncResult:
         if self.kept_unsent:
             text += (f"; {'would keep' if self.dry_run else 'kept'} the instance's copy of {len(self.kept_unsent)} "
                      f"file{_s(self.kept_unsent)} ferry never sent")
-        if self.replaced and not self.dry_run:
-            text += (f"; replaced {len(self.replaced)} file{_s(self.replaced)} on the instance, previous "
-                     f"cop{'y' if len(self.replaced) == 1 else 'ies'} in {self.replaced_dir}")
         if self.skipped:
             text += f"; kept {len(self.skipped)} newer local file{_s(self.skipped)}"
         if self.backed_up:
@@ -91,7 +90,7 @@ def _s(n) -> str:
     return "" if n == 1 else "s"
 
 
-def report(result: SyncResult, verb: str, say: Callable[[str], None] | None = None) -> None:
+def report(result: SyncResult, verb: str, say: Callable[[str], None] | None = None, verbose: bool = False) -> None:
     """Every file a download skipped or backed up, every remote file an upload kept, then the one-line summary.
 
     Logged at INFO (so a recipe shows the same lines as a task), or handed to
@@ -115,6 +114,13 @@ def report(result: SyncResult, verb: str, say: Callable[[str], None] | None = No
     for path in result.kept_unsent:
         line(f"{'would keep' if result.dry_run else 'kept'} the instance's copy of {path}: ferry never sent it; "
              f"download it, or delete it there and run {cmd('sync --full')} to replace it")
+    if verbose:  # the details a normal sync keeps to itself
+        for path in result.sent:
+            line(f"sent {path}")
+        for path in result.replaced:
+            line(f"replaced {path} on the instance (previous copy in {result.replaced_dir}/)")
+        for path in result.kept_same:
+            line(f"the instance already has {path}, the same as here: left as it is")
     for warning in result.warnings:
         line(f"warning: {warning}")
     line(result.summary(verb))

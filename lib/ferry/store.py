@@ -133,6 +133,25 @@ def _state_shape(data: Any) -> str | None:
     return None
 
 
+def keep_out_of_git(project: Path) -> None:
+    """``.ferry/`` is this machine's record, never the project's content: list it in ``.git/info/exclude``.
+
+    That file is the repository's own, per clone and never committed, so
+    nothing the user shares changes. Done once, when ``.ferry/`` is first made.
+    """
+    exclude = project / ".git" / "info" / "exclude"
+    if not (project / ".git").is_dir():
+        return
+    try:
+        text = exclude.read_text() if exclude.exists() else ""
+        if not any(line.strip() in ("/.ferry/", ".ferry/", "/.ferry", ".ferry") for line in text.splitlines()):
+            exclude.parent.mkdir(parents=True, exist_ok=True)
+            with open(exclude, "a") as fh:
+                fh.write(("" if not text or text.endswith("\n") else "\n") + "/.ferry/\n")
+    except OSError:
+        log.debug("could not add .ferry/ to %s", exclude)
+
+
 class ProjectState:
     """``.ferry/state.json``: instances this project launched, keyed by name, plus the name of the current one.
 
@@ -155,6 +174,8 @@ class ProjectState:
 
     @contextlib.contextmanager
     def edit(self) -> Iterator[dict[str, Any]]:
+        if not self.dir.exists():
+            keep_out_of_git(self.dir.parent)
         with self.store.edit() as data:
             data.setdefault("current", None)
             data.setdefault("instances", {})

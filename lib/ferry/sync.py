@@ -147,9 +147,26 @@ class _Up:
 
     def _finish(self, result: SyncResult, done: Sent) -> None:
         result.files, result.bytes = done.files, done.bytes
-        result.kept_unsent = sorted(done.kept)
+        result.sent = sorted(done.sent)
+        differ = set(self._differing(done.kept)) if done.kept else set()
+        result.kept_unsent = sorted(p for p in done.kept if p in differ)
+        result.kept_same = sorted(p for p in done.kept if p not in differ)
         result.replaced = done.replaced
         result.replaced_dir = self.replaced_dir if done.replaced else None
+
+    def _differing(self, paths: Sequence[str]) -> list[str]:
+        """Of files the instance kept its own copy of, those that differ from ours (a dry run's quick check):
+        an identical copy (a result downloaded and left as it was) is nothing to talk about."""
+        listing = rsync.rule_file(paths)
+        try:
+            argv = [rsync.rsync_binary(), "-lpt", "--protect-args", "--from0", f"--files-from={listing}", "--dry-run",
+                    "--ignore-missing-args", "--modify-window=-1", ITEM_FORMAT, "-e", self.remote.rsync_rsh(),
+                    f"{self.project}/", f"{self.remote.rsync_target}{self.target}/"]
+            seen = Sent()
+            seen.add(rsync.run(argv, self.remote, False, "comparing"))
+        finally:
+            os.unlink(listing)
+        return seen.sent
 
     # the paths ----------------------------------------------------------------------------------
     def unchanged(self) -> bool:
@@ -306,11 +323,11 @@ class _Up:
         """An empty workdir: one uncompressed tar stream, the cheapest first copy (mtimes kept to the ns)."""
         total = self.fs.total_bytes
         rsync.tar_stream(self.project, list(self.fs.files), total, self.remote, self.target, self.progress)
-        result.files, result.bytes = len(self.fs.files), total
+        result.files, result.bytes, result.sent = len(self.fs.files), total, sorted(self.fs.files)
 
 
 def upload(box: "Box", dry_run: bool = False, delete: str = "sent", full: bool = False,
-           progress: bool | None = None, announce: bool = True) -> SyncResult:
+           progress: bool | None = None, announce: bool = True, verbose: bool = False) -> SyncResult:
     """Make ``<workdir_root>/<project>`` hold the project's file set; see the module docstring for how.
 
     ``delete="sent"`` deletes remotely the files ferry sent before that are now
@@ -349,5 +366,5 @@ def upload(box: "Box", dry_run: bool = False, delete: str = "sent", full: bool =
     result.fileset = up.fs
     result.seconds = time.monotonic() - started
     if announce:
-        report(result, "would send" if dry_run else "synced")
+        report(result, "would send" if dry_run else "synced", verbose=verbose)
     return result

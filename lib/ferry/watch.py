@@ -96,6 +96,11 @@ class _Watcher:
             self.keep.update(result.fileset.ignored_dirs())
         if self.first or result.how != "unchanged":
             self.syncs += 1
+            if result.sent and not self.first:
+                shown = ", ".join(result.sent[:8]) + (f" and {len(result.sent) - 8} more" if len(result.sent) > 8 else "")
+                self._say(f"sent {shown}")
+            if result.deleted:
+                self._say(f"deleted {', '.join(result.deleted[:8])}" + (" ..." if len(result.deleted) > 8 else ""))
             report(result, "synced", say=self._say)
         self.first = False
 

@@ -24,6 +24,8 @@ def ferry_task(*args, **kwargs):
     def decorate(func):
         @functools.wraps(func)
         def wrapper(c, *a, **kw):
+            if any(value in ("--help", "-h") for value in [*a, *kw.values()] if isinstance(value, str)):
+                show_help(made.name)  # a positional took the flag: `ferry run --help` is a question, not a command
             from .. import output
             from ..config import Settings
             from ..errors import FerryError, program
@@ -45,12 +47,23 @@ def ferry_task(*args, **kwargs):
                 # Invoke would turn this into a silent exit 1; an interrupted command exits 130.
                 raise Exit(code=130) from None
 
-        return invoke_task(*args, **kwargs)(wrapper)
+        made = invoke_task(*args, **kwargs)(wrapper)
+        return made
 
     if len(args) == 1 and callable(args[0]) and not kwargs:
         func, args = args[0], ()
         return decorate(func)
     return decorate
+
+
+def show_help(task_name: str) -> None:
+    """Print the task's own help, exactly as ``PROGRAM [core flags] --help TASK`` prints it, and stop."""
+    argv = sys.argv
+    start = len(sys.orig_argv) - len(argv) + 1  # where the program's own arguments begin
+    at = next((i for i, arg in enumerate(argv) if i and arg in (task_name, task_name.replace("-", "_"))), len(argv))
+    core = [arg for arg in argv[1:at] if arg not in ("--help", "-h")]
+    sys.stdout.flush()
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:start], *core, "--help", task_name])
 
 
 def stdout_gone() -> None:

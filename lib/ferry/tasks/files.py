@@ -12,8 +12,9 @@ from ._common import NAME_HELP, ferry_task
     "full": "compare every file with the instance instead of trusting the record of the last sync",
     "watch": "keep syncing on every change until Ctrl-C",
     "credentials": "also upload this directory to ~/.ferry/credentials/ on the instance (700/600)",
+    "verbose": "name every file sent, replaced or left as the instance has it",
 })
-def sync(c, name=None, dry_run=False, delete="sent", full=False, watch=False, credentials=None):
+def sync(c, name=None, dry_run=False, delete="sent", full=False, watch=False, credentials=None, verbose=False):
     """Send the project's file set (git's view incl. submodules, less .ferryignore) to the instance."""
     import sys
 
@@ -34,7 +35,7 @@ def sync(c, name=None, dry_run=False, delete="sent", full=False, watch=False, cr
     if watch:
         box.watch(delete=delete)
         return
-    result = box.sync(dry_run=dry_run, delete=delete, full=full)
+    result = box.sync(dry_run=dry_run, delete=delete, full=full, verbose=verbose)
     if dry_run:
         for path in result.would_send:
             print(f"send {path}")

@@ -112,7 +112,9 @@ def status(c, name=None, json=False):
 
     box = get_box(c, name).refresh()
     if json:
-        output.emit_json(box.instance.to_dict())
+        from ..store import ProjectState
+
+        output.emit_json(as_json(box.instance, ProjectState(box.project_dir).current_name()))
         return
     output.table(HEADERS, [row(box.instance)], right=MONEY)
     if box.instance.remote_home:
@@ -135,18 +137,38 @@ def ssh_(c, name=None, print_=False):
     if print_:
         print(shlex.join(argv))
         return
+    from .. import output
+    from ..errors import UsageError, cmd
+
+    if not output.terminal():
+        raise UsageError("ferry ssh opens an interactive shell, and this is not a terminal",
+                         hint=f"run a command instead: {cmd('run CMD')}; or get the ssh command: {cmd('ssh --print')}")
     code = subprocess.call(argv)
     if code:
         raise Exit(code=code)
 
 
-@ferry_task(help={"name": NAME_HELP})
-def stop(c, name=None):
+@ferry_task(help={"name": NAME_HELP, "yes": "stop even though jobs are running (they end and read 'lost')"})
+def stop(c, name=None, yes=False):
     """Stop the instance, keeping its disk (jobs running on it end and read 'lost')."""
     from .. import output
+    from ..errors import FerryError, UsageError, cmd
     from ..handle import get as get_box
 
-    box = get_box(c, name).stop()
+    box = get_box(c, name)
+    if not yes and box.instance.ssh is not None:
+        try:
+            running = [j for j in box.jobs() if j.state == "running"]
+        except FerryError:
+            running = []  # unreachable: there is nothing it could still lose by asking
+        if running:
+            names = ", ".join(f"{j.id}" + (f" ({j.label})" if j.label else "") for j in running)
+            said = f"{len(running)} job{'s' if len(running) != 1 else ''} still running on {box.name}: {names}"
+            if not output.confirm(f"{said}; stop it anyway (they end and read 'lost')?"):
+                raise UsageError(f"{said}; stopping would lose {'them' if len(running) != 1 else 'it'}",
+                                 hint=f"wait for {'them' if len(running) != 1 else 'it'}: {cmd('wait')}, "
+                                      f"or stop anyway: {cmd(f'stop --name {box.name} --yes')}")
+    box = box.stop()
     output.note(f"{box.name} is {box.instance.status.value.lower()}")
 
 

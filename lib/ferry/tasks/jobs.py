@@ -156,8 +156,13 @@ def attach(c, job=None, name=None):
     """
     from invoke.exceptions import Exit
 
+    from .. import output
+    from ..errors import UsageError, cmd
     from ..handle import get as get_box
 
+    if not output.terminal():
+        raise UsageError("attach needs a terminal, and this is not one",
+                         hint=f"follow the job's output instead: {cmd('logs -f' + (f' -j {job}' if job else ''))}")
     code = get_box(c, name).attach(job)
     if code:
         raise Exit(code=code)

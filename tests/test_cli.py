@@ -1,0 +1,84 @@
+"""A user's first hour with the CLI, through both ``ferry`` and ``inv`` with a project tasks.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import assert_one_line_error
+
+INV = str(Path(sys.executable).with_name("inv"))
+
+
+@pytest.fixture
+def both(launched, project):
+    """Run a task through ``ferry`` and through ``inv`` (the project's tasks.py imports ferry's ns)."""
+    (project / "tasks.py").write_text("from ferry.tasks import ns\n")
+
+    def run(program, *args, **kw):
+        argv = [sys.executable, "-m", "ferry", *args] if program == "ferry" else [INV, *args]
+        return subprocess.run(argv, cwd=project, capture_output=True, text=True, timeout=60, **kw)
+
+    return run
+
+
+@pytest.mark.parametrize("program", ["ferry", "inv"])
+@pytest.mark.parametrize("argv", [["run", "--help"], ["run", "-h"], ["forward", "--help"], ["logs", "--help"]])
+def test_help_after_a_task_prints_that_tasks_help(both, launched, program, argv):
+    proc = both(program, *argv)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{argv[0]} [--options]" in proc.stdout and "Docstring:" in proc.stdout
+    assert json.loads(launched.ok("jobs", "--json").stdout) == [], "nothing ran on the instance"
+
+
+@pytest.mark.parametrize("argv", [["ssh"], ["attach"]])
+def test_terminal_commands_without_a_terminal_fail_at_once(launched, argv):
+    started = time.monotonic()
+    err = assert_one_line_error(launched(*argv, input=""), code=2)
+    assert time.monotonic() - started < 20
+    assert "terminal" in err and ("logs -f" in err or "ssh --print" in err)
+
+
+def test_a_sync_after_a_download_is_quiet(launched, project):
+    launched.ok("sync")
+    launched.ok("run", "mkdir -p out && echo result > out/r.txt && echo note > notes2.md")
+    launched.ok("download", "--path", "out", "--path", "notes2.md")
+    for argv in (["sync"], ["sync", "--full"]):
+        err = launched.ok(*argv).stderr
+        assert "kept the instance's copy" not in err and "never sent" not in err, err
+    (project / "notes2.md").write_text("edited here\n")
+    assert "kept the instance's copy of notes2.md" in launched.ok("sync").stderr, "a copy that differs is said"
+
+
+def test_housekeeping_git_exclude_backups_and_one_instance_schema(launched, project):
+    assert "/.ferry/" in (project / ".git" / "info" / "exclude").read_text().splitlines()
+    launched.ok("sync")
+    for i in range(12):
+        launched.ok("run", f"echo {i} > result.txt")
+        (project / "result.txt").write_text("old\n")
+        os.utime(project / "result.txt", (time.time() - 3600,) * 2)
+        proc = launched.ok("download", "--path", "result.txt")
+    assert len(list((project / ".ferry" / "backups").iterdir())) == 10
+    assert "removed the 1 oldest download backup" in proc.stderr
+    listed = json.loads(launched.ok("ls", "--json").stdout)[0]
+    shown = json.loads(launched.ok("status", "--json").stdout)
+    assert set(listed) == set(shown) and {"uptime_seconds", "cost_so_far", "current"} <= set(shown)
+
+
+def test_completion_offers_values_for_names_gpus_providers_and_jobs(launched):
+    launched.ok("run", "--label", "train", "true")
+
+    def complete(*words):
+        return launched.ok("--complete", "--", "ferry", *words).stdout.split()
+
+    assert "proj" in complete("run", "--name")
+    assert {"A100", "H100", "RTX4090"} <= set(complete("launch", "--gpu"))
+    assert {"local", "runpod", "auto"} <= set(complete("launch", "--provider"))
+    assert "train" in complete("logs", "-j")
+    assert "launch" in complete("la"), "task names still complete as Invoke does"
