@@ -82,3 +82,23 @@ def test_completion_offers_values_for_names_gpus_providers_and_jobs(launched):
     assert {"local", "runpod", "auto"} <= set(complete("launch", "--provider"))
     assert "train" in complete("logs", "-j")
     assert "launch" in complete("la"), "task names still complete as Invoke does"
+
+
+def test_jobs_have_short_numbers_and_j_takes_a_number_a_label_or_a_prefix(launched):
+    refs = [launched.ok("run", "--detach", "--label", label, f"echo {label}").stdout.strip()
+            for label in ("prep", "train", "eval")]
+    assert refs == ["1", "2", "3"]
+    launched.ok("wait", "-j", "3")
+    listed = json.loads(launched.ok("jobs", "--json").stdout)
+    assert [j["number"] for j in listed] == [1, 2, 3]
+    assert launched.ok("logs", "-j", "2").stdout == "train\n"
+    assert launched.ok("logs", "-j", "eval").stdout == "eval\n"
+    full = listed[0]["id"]
+    assert launched.ok("logs", "-j", full[:-2]).stdout == "prep\n", "a unique prefix of the id"
+    err = assert_one_line_error(launched("logs", "-j", full[:8]), code=2)
+    assert "jobs" in err, "an ambiguous prefix says so"
+    table = launched.ok("jobs").stdout.splitlines()
+    assert table[0].split()[0] == "#" and table[1].split()[0] == "1"
+    proc = launched("run", "exit 3")
+    assert proc.returncode == 3
+    assert launched.ok("logs", "-j", "4").stdout == ""

@@ -42,8 +42,15 @@ def job_dir(home: Path, job_id: str) -> Path:
     return instance_dir(home) / "home" / ".ferry" / "jobs" / job_id
 
 
-def jobs_json(ferry) -> dict[str, dict]:
-    return {j["id"]: j for j in json.loads(ferry.ok("jobs", "--json").stdout)}
+class Jobs(dict):
+    """Jobs by their short number (what run --detach prints); ``values()`` has each job once."""
+
+    def __getitem__(self, ref: str) -> dict:
+        return super().__getitem__(str(ref)) if str(ref) in self else next(j for j in self.values() if j["id"] == ref)
+
+
+def jobs_json(ferry) -> Jobs:
+    return Jobs({str(j["number"]): j for j in json.loads(ferry.ok("jobs", "--json").stdout)})
 
 
 def until(condition, timeout: float = 20.0, what: str = "condition"):

@@ -152,7 +152,8 @@ def test_detach_returns_a_job_id_at_once(launched, project):
     job_id = proc.stdout.strip()
     assert job_id
     jobs = json.loads(launched.ok("jobs", "--json").stdout)
-    assert [j["state"] for j in jobs if j["id"] == job_id] == ["running"], "it returned before the job ended"
+    assert job_id.isdigit(), "a short number to name it by"
+    assert [j["state"] for j in jobs if str(j["number"]) == job_id] == ["running"], "it returned before the job ended"
     release.touch()
     assert launched.ok("logs", "-f", "--job", job_id).stdout == "finished\n"
 

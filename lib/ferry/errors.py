@@ -87,7 +87,7 @@ class JobFailed(FerryError):
 
     def __init__(self, result, hint: str | None = None):
         code = result.exit_code if isinstance(result.exit_code, int) and 0 < result.exit_code < 256 else 1
-        super().__init__(f"job {result.job_id} {result.describe()}", hint=hint, exit_code=code)
+        super().__init__(f"job {getattr(result, 'ref', result.job_id)} {result.describe()}", hint=hint, exit_code=code)
         self.result = result
 
 

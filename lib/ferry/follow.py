@@ -58,10 +58,16 @@ class JobResult:
     exit_code: int | None
     log_size: int = 0
     matched: bool = False  # --wait-for saw its pattern
+    number: int | None = None  # the job's short number on its instance (1, 2, 3 ...)
 
     @property
     def ok(self) -> bool:
         return self.state == "succeeded"
+
+    @property
+    def ref(self) -> str:
+        """How a user names this job: its number, else its id."""
+        return str(self.number) if self.number else self.job_id
 
     def describe(self) -> str:
         return {
@@ -73,13 +79,35 @@ class JobResult:
         }.get(self.state, "is still running")
 
 
+class Detached(KeyboardInterrupt):
+    """Ctrl-C while following: the job keeps running; the caller says how to follow it again."""
+
+    def __init__(self, job_id: str, number: int | None = None):
+        super().__init__(job_id)
+        self.job_id, self.number = job_id, number
+
+    @property
+    def ref(self) -> str:
+        return str(self.number) if self.number else self.job_id
+
+
 def job_tool(box: "Box") -> str:
     """The wrapper as a remote command prefix; ``bash`` directly saves the shebang's ``env`` hop."""
     return "bash " + shlex.quote(f"{box.instance.remote_home}/.ferry/bin/ferry-job")
 
 
-def flag(job_id: str) -> str:
-    return f"-j {shlex.quote(job_id)}"
+def flag(job_id: str | int) -> str:
+    return f"-j {shlex.quote(str(job_id))}"
+
+
+def started_number(stderr_text: str) -> int | None:
+    """The job's number from the wrapper's ``ferry-started ID NUMBER`` line."""
+    for line in stderr_text.splitlines():
+        if line.startswith("ferry-started "):
+            parts = line.split()
+            if len(parts) >= 3 and parts[2].isdigit():
+                return int(parts[2])
+    return None
 
 
 def parse_end(stderr_text: str) -> tuple[JobResult | None, str]:
@@ -88,11 +116,13 @@ def parse_end(stderr_text: str) -> tuple[JobResult | None, str]:
     other = []
     for line in stderr_text.splitlines():
         if line.startswith("ferry-exit:"):
-            fields = line.split(":", 4)
-            if len(fields) == 5:
-                _, what, size, state, job_id = fields
+            fields = line.split(":", 5)
+            if len(fields) >= 5:
+                _, what, size, state, job_id = fields[:5]
+                number = fields[5] if len(fields) == 6 else ""
                 code = int(what) if what.lstrip("-").isdigit() else None
-                end = JobResult(job_id, state if state in STATES else "running", code, int(size or 0))
+                end = JobResult(job_id, state if state in STATES else "running", code, int(size or 0),
+                                number=int(number) if number.isdigit() else None)
         elif not line.startswith(("ferry-started ", "ferry-id:", "ferry-waiting ", "ferry-following ")):
             other.append(line)
     return end, "\n".join(other)
@@ -131,7 +161,8 @@ class _Stream:
             pass
 
     def _read_err(self) -> None:
-        self.stderr = self.proc.stderr.read()  # type: ignore[union-attr]
+        for line in self.proc.stderr:  # type: ignore[union-attr]  # line by line: a Ctrl-C can see what came so far
+            self.stderr += line
 
     def pump(self, out: BinaryIO, until: Callable[[bytes], bool] | None = None,
              deadline: float | None = None) -> str:
@@ -207,6 +238,7 @@ def follow(box: "Box", job_id: str, offset: int = 0, out: BinaryIO | None = None
     jid = shlex.quote(job_id)
     retry = Backoff(first=FIRST_DELAY, cap=MAX_DELAY, window=RECONNECT_WINDOW)
     connected = False
+    number: int | None = None
     while True:
         if start_spec is not None:
             command = f"{tool} start {jid} follow {offset}"  # one exec, one process: start, then follow
@@ -215,6 +247,10 @@ def follow(box: "Box", job_id: str, offset: int = 0, out: BinaryIO | None = None
         stream = _Stream(remote.ssh_argv() + [command], start_spec or b"")
         try:
             how = stream.pump(out, until, deadline)
+        except KeyboardInterrupt:
+            stream.kill()
+            number = number or started_number(stream.stderr.decode(errors="replace"))
+            raise Detached(job_id, number) from None
         except BaseException:
             stream.kill()
             raise
@@ -228,16 +264,19 @@ def follow(box: "Box", job_id: str, offset: int = 0, out: BinaryIO | None = None
         if end is not None:
             connected, start_spec = True, None
             retry.succeeded()
+            job_id, number = end.job_id, end.number or number  # pinned: a label or number asked for resolves once
+            jid = shlex.quote(job_id)
             if end.log_size > offset or end.state == "running":
                 if end.state == "running" and not stream.received:
                     time.sleep(0.2)  # it stopped early with nothing new: never spin
                 continue  # bytes landed after the follower stopped, or it stopped early: fetch the rest
-            return replace(end, log_size=offset)
+            return replace(end, log_size=offset, number=number)
         refused = wrapper_error(code, other, box, job_id)
         if refused is not None:
             raise refused
         if "ferry-started" in stderr_text:
             start_spec = None  # started before the drop: only follow from now on
+            number = number or started_number(stderr_text)
         # The wrapper says "ferry-following" as it begins: a drop after that is a drop, not "unreachable".
         connected = connected or stream.received > 0 or "ferry-following" in stderr_text
         failure = remote.classify_failure(other)

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, BinaryIO, Mapping
 from .backoff import Backoff
 from .errors import FerryError, JobError, JobFailed, UsageError, cmd
 from .flags import env_name, human, shell_seconds, signal_name
-from .follow import (FIRST_DELAY, MAX_DELAY, RECONNECT_WINDOW, STATES, JobResult, LineMatcher, flag, follow, job_tool,
-                     parse_end, wrapper_error)
+from .follow import (FIRST_DELAY, MAX_DELAY, RECONNECT_WINDOW, STATES, Detached, JobResult, LineMatcher, flag, follow,
+                     job_tool, parse_end, started_number, wrapper_error)
 
 if TYPE_CHECKING:
     from .handle import Box
@@ -43,14 +43,6 @@ def new_job_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime(now)) + f"{int(now * 1000) % 1000:03d}-" + os.urandom(2).hex()
 
 
-class Detached(Exception):
-    """Ctrl-C while following: the job keeps running; the caller says how to follow again."""
-
-    def __init__(self, job_id: str):
-        super().__init__(job_id)
-        self.job_id = job_id
-
-
 @dataclass
 class JobInfo:
     id: str
@@ -61,6 +53,7 @@ class JobInfo:
     started_at: str | None
     finished_at: str | None
     duration: float | None  # seconds; for a running job, so far (by the instance's clock)
+    number: int | None = None  # short, per instance: what -j takes
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -108,16 +101,12 @@ def run(box: "Box", command: str, *, warn: bool = False, detach: bool = False, e
     job_id = new_job_id()
     spec = job_spec(box, command, env=env, cwd=cwd, timeout=timeout, label=label)
     if detach:
-        _start(box, job_id, spec)
-        return Job(box, job_id)
+        return Job(box, job_id, _start(box, job_id, spec))
     deadline = time.monotonic() + wait_timeout if wait_timeout else None
-    try:
-        end = follow(box, job_id, out=out, start_spec=spec, until=matcher.feed if matcher else None, deadline=deadline)
-    except KeyboardInterrupt:
-        raise Detached(job_id) from None
+    end = follow(box, job_id, out=out, start_spec=spec, until=matcher.feed if matcher else None, deadline=deadline)
     if matcher is not None:
         if end.matched:
-            return Job(box, job_id)
+            return Job(box, job_id, end.number)
         if end.state == "running":
             raise JobError(
                 f"job {job_id} printed no line matching {wait_for!r} within {human(wait_timeout)}; it keeps running",
@@ -126,24 +115,26 @@ def run(box: "Box", command: str, *, warn: bool = False, detach: bool = False, e
         raise JobError(f"job {job_id} ended ({end.describe()}) before printing a line matching {wait_for!r}",
                        hint=f"see its log: {cmd(f'logs {flag(job_id)}')}")
     if not warn and not end.ok:
-        raise JobFailed(end, hint=f"see its log: {cmd(f'logs {flag(job_id)}')}")
+        raise JobFailed(end, hint=f"see its log: {cmd(f'logs {flag(end.ref)}')}")
     return end
 
 
-def _start(box: "Box", job_id: str, spec: bytes) -> None:
+def _start(box: "Box", job_id: str, spec: bytes) -> int | None:
+    """Start the job detached; its number."""
     proc = box.remote.run(f"{job_tool(box)} start {shlex.quote(job_id)}", input=spec, check=False)
+    stderr_text = proc.stderr.decode(errors="replace")
     if proc.returncode:
-        stderr_text = proc.stderr.decode(errors="replace")
         raise wrapper_error(proc.returncode, stderr_text, box, job_id) or JobError(
             f"could not start the job on {box.name} (exit status {proc.returncode})")
+    return started_number(stderr_text)
 
 
 def exit_status(end: JobResult) -> int:
     """The local exit status that mirrors the job's, or an error for a job that has no exit code."""
     if end.state == "lost":
-        raise JobError(f"job {end.job_id} {end.describe()}", hint=f"see its log: {cmd(f'logs {flag(end.job_id)}')}")
+        raise JobError(f"job {end.ref} {end.describe()}", hint=f"see its log: {cmd(f'logs {flag(end.ref)}')}")
     if end.exit_code is None:
-        raise JobError(f"job {end.job_id} has not finished", hint=f"wait for it: {cmd(f'wait {flag(end.job_id)}')}")
+        raise JobError(f"job {end.ref} has not finished", hint=f"wait for it: {cmd(f'wait {flag(end.ref)}')}")
     return end.exit_code
 
 
@@ -151,12 +142,18 @@ def exit_status(end: JobResult) -> int:
 class Job:
     """One job on a Box: wait for it, read or follow its log, kill it, attach to it."""
 
-    def __init__(self, box: "Box", job_id: str = LATEST):
+    def __init__(self, box: "Box", job_id: str = LATEST, number: int | None = None):
         self.box = box
-        self.id = job_id
+        self.id = job_id  # the full id, a number, a label or a unique prefix: the wrapper resolves each
+        self.number = number
 
     def __repr__(self) -> str:
-        return f"<Job {self.id} on {self.box.name}>"
+        return f"<Job {self.ref} on {self.box.name}>"
+
+    @property
+    def ref(self) -> str:
+        """How a user names this job: its number, else what it was asked for by."""
+        return str(self.number) if self.number else self.id
 
     def _remote(self, command: str, timeout: float | None = None, stdout=subprocess.PIPE):
         proc = self.box.remote.run(command, check=False, timeout=timeout, stdout=stdout)  # a timeout is an SSHError
@@ -198,7 +195,7 @@ class Job:
                 raise JobError(f"ferry-job on {self.box.name} gave no answer about job {self.id} "
                                f"(exit status {proc.returncode})")
             retry.succeeded()
-            self.id = end.job_id  # pin @latest: a retry must wait for the same job
+            self.id, self.number = end.job_id, end.number or self.number  # pinned: a retry waits for the same job
             if end.state != "running" or (deadline is not None and time.monotonic() >= deadline):
                 if not warn and end.state != "running" and not end.ok:
                     raise JobFailed(end, hint=f"see its log: {cmd(f'logs {flag(self.id)}')}")
@@ -270,10 +267,11 @@ def list_jobs(box: "Box") -> list[JobInfo]:
     """Every job on the instance, oldest first. One exec; no value is re-quoted on the way."""
     proc = box.remote.run(f"{job_tool(box)} list")
     fields = proc.stdout.split(b"\0")
-    records = [[f.decode(errors="replace") for f in fields[i:i + 7]] for i in range(0, len(fields) - 6, 7)]
+    width = 8 if len(fields) > 2 and fields[2] == b"8" else 7  # the wrapper says its width (one before numbers: 7)
+    records = [[f.decode(errors="replace") for f in fields[i:i + width]] for i in range(0, len(fields) - width + 1, width)]
     now = None
     found = []
-    for jid, state, code, started, finished, label, command in records:
+    for jid, state, code, started, finished, label, command, *number in records:
         if jid == "now":
             now = _when(state)
             continue
@@ -283,7 +281,8 @@ def list_jobs(box: "Box") -> list[JobInfo]:
             stop = now
         duration = (stop - begin).total_seconds() if begin and stop else None
         found.append(JobInfo(jid, label, command, state, int(code) if code.lstrip("-").isdigit() else None,
-                             started or None, finished or None, duration))
+                             started or None, finished or None, duration,
+                             int(number[0]) if number and number[0].isdigit() else None))
     return found
 
 
@@ -314,7 +313,7 @@ def then(box: "Box", end: JobResult, action: str | None, always: bool = False) -
         return False
     if end.state != "succeeded" and not always:
         log.info("job %s %s; instance %s was left running (--then %s acts only after success; "
-                 "--then-always acts whatever the outcome)", end.job_id, end.describe(), box.name, action)
+                 "--then-always acts whatever the outcome)", end.ref, end.describe(), box.name, action)
         return False
     if action == "stop":
         box.stop()

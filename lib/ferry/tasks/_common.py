@@ -11,7 +11,7 @@ from invoke import task as invoke_task
 from invoke.exceptions import Exit
 
 NAME_HELP = "instance name (default: the project's current instance)"
-JOB_HELP = "job id (default: the latest job)"
+JOB_HELP = "the job: its number, its label, or the start of its id (default: the latest job)"
 
 
 def ferry_task(*args, **kwargs):

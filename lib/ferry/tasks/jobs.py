@@ -20,7 +20,7 @@ def _exit_with(end) -> None:
         raise Exit(code=code)
 
 
-def _detached(job_id: str, extra: str = ""):
+def _detached(job_id, extra: str = ""):
     """Ctrl-C while following: the job keeps running; say how to follow again, exit 130."""
     from invoke.exceptions import Exit
 
@@ -67,13 +67,13 @@ def run(c, command, name=None, detach=False, env=None, cwd=None, timeout=None, l
     try:
         done = box.run(command, warn=True, detach=detach, wait_for=wait_for, wait_timeout=wait_seconds, **options)
     except jobs.Detached as detached:
-        raise _detached(detached.job_id, f" --then {then} was not applied." if then else "") from None
+        raise _detached(detached.ref, f" --then {then} was not applied." if then else "") from None
     if detach:
-        print(done.id)
+        print(done.ref)
         return
     if wait_for:
-        output.note(f"job {done.id} is ready (matched {wait_for!r}) and keeps running; "
-                    f"follow: {cmd(f'logs -f -j {done.id}')}   stop: {cmd(f'kill -j {done.id}')}")
+        output.note(f"job {done.ref} is ready (matched {wait_for!r}) and keeps running; "
+                    f"follow: {cmd(f'logs -f -j {done.ref}')}   stop: {cmd(f'kill -j {done.ref}')}")
         return
     jobs.then(box, done, then, always=then_always)
     _exit_with(done)
@@ -90,11 +90,11 @@ def jobs(c, name=None, json=False):
     if json:
         output.emit_json([j.to_dict() for j in found])
         return
-    rows = [[j.id, j.state if j.exit_code is None or j.state == "succeeded" else f"{j.state} ({j.exit_code})",
+    rows = [[j.number or j.id, j.state if j.exit_code is None or j.state == "succeeded" else f"{j.state} ({j.exit_code})",
              (j.started_at or "-")[:19].replace("T", " "), human(j.duration), j.label or "-",
              j.command.replace("\n", " ")[:60]] for j in found]
     if rows:
-        output.table(["JOB", "STATE", "STARTED (UTC)", "DURATION", "LABEL", "COMMAND"], rows)
+        output.table(["#", "STATE", "STARTED (UTC)", "DURATION", "LABEL", "COMMAND"], rows, right=("#",))
     else:
         output.note("no jobs yet")
 
@@ -104,14 +104,15 @@ def jobs(c, name=None, json=False):
 def logs(c, job=None, name=None, follow=False, tail=None):
     """Print a job's log, byte for byte; with -f follow it to the end (Ctrl-C detaches)."""
     from .. import flags
+    from ..follow import Detached
     from ..handle import get as get_box
 
     lines = flags.count(tail, "--tail", minimum=0)
     handle = get_box(c, name).job(job)
     try:
         end = handle.logs(follow=follow, tail=lines)
-    except KeyboardInterrupt:
-        raise _detached(handle.id) from None
+    except KeyboardInterrupt as stopped:
+        raise _detached(stopped.ref if isinstance(stopped, Detached) else handle.ref) from None
     if follow:
         _exit_with(end)
 
@@ -132,8 +133,8 @@ def wait(c, job=None, name=None, timeout=None):
     except KeyboardInterrupt:
         raise Exit(code=130) from None
     if end.state == "running":
-        raise JobError(f"job {end.job_id} is still running after {flags.human(seconds)}",
-                       hint=f"it keeps running; wait again: {cmd(f'wait -j {end.job_id}')}", exit_code=124)
+        raise JobError(f"job {end.ref} is still running after {flags.human(seconds)}",
+                       hint=f"it keeps running; wait again: {cmd(f'wait -j {end.ref}')}", exit_code=124)
     _exit_with(end)
 
 
@@ -145,7 +146,7 @@ def kill_(c, job=None, name=None, signal="TERM"):
     from ..handle import get as get_box
 
     end = get_box(c, name).job(job).kill(signal=signal)
-    output.note(f"job {end.job_id} {end.describe()}")
+    output.note(f"job {end.ref} {end.describe()}")
 
 
 @ferry_task(help={"job": JOB_HELP, "name": NAME_HELP})
