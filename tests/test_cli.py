@@ -102,3 +102,17 @@ def test_jobs_have_short_numbers_and_j_takes_a_number_a_label_or_a_prefix(launch
     proc = launched("run", "exit 3")
     assert proc.returncode == 3
     assert launched.ok("logs", "-j", "4").stdout == ""
+
+
+def test_run_never_runs_stale_code(launched, project):
+    (project / "train.py").write_text("print('v1')\n")
+    proc = launched.ok("run", "python3 train.py")  # never synced: it syncs first
+    assert proc.stdout == "v1\n" and "synced" in proc.stderr and "first" in proc.stderr
+    (project / "train.py").write_text("print('v2')\n")
+    proc = launched.ok("run", "python3 train.py")
+    assert proc.stdout == "v2\n" and "synced 1 changed file first" in proc.stderr
+    assert "synced" not in launched.ok("run", "true").stderr, "nothing changed: no line, no network"
+    (project / "train.py").write_text("print('v3')\n")
+    assert launched.ok("run", "--no-sync", "python3 train.py").stdout == "v2\n", "--no-sync runs what is there"
+    proc = launched.ok("run", "python3 train.py", env={"INVOKE_FERRY_RUN_SYNC": "0"})  # (Invoke reads "0" as false)
+    assert proc.stdout == "v2\n", "ferry.run.sync: false does it always"

@@ -205,7 +205,7 @@ def test_download_reports_every_file_moved_replaced_or_in_the_way(launched, proj
     (project / "dvf").mkdir()
     (project / "dvf" / "mine.txt").write_text("mine\n")
     (project / "fvd").write_text("a local file\n")
-    proc = launched("download")
+    proc = launched("download")  # (a plain run now would sync dvf/ first: these local changes are the point)
     assert proc.returncode == 1, "not everything asked for arrived"
     err = proc.stderr
     assert "backed up older.txt" in err and (project / "older.txt").read_text() == "newer\n"
@@ -216,7 +216,7 @@ def test_download_reports_every_file_moved_replaced_or_in_the_way(launched, proj
     assert (backup / "fvd").read_text() == "a local file\n" and (backup / "older.txt").read_text() == "local\n"
     # The reverse, by name: a local file where the instance has a directory is moved aside and said so.
     (project / "fvd2").write_text("mine too\n")
-    launched.ok("run", "mkdir -p fvd2 && echo x > fvd2/y")
+    launched.ok("run", "--no-sync", "mkdir -p fvd2 && echo x > fvd2/y")
     proc = launched.ok("download", "--path", "fvd2")
     assert "moved local file fvd2 aside" in proc.stderr and (project / "fvd2" / "y").exists()
 

@@ -178,6 +178,7 @@ def test_wait_for_a_server_then_forward_its_port_then_kill_it(launched, home):
 
 
 def test_wait_for_fails_clearly_when_the_job_ends_or_time_runs_out(launched):
+    launched.ok("sync")  # (so run has nothing to say before its error)
     err = assert_one_line_error(launched("run", "--wait-for", "READY", "echo booting; exit 4"))
     assert "failed with exit code 4" in err and "READY" in err
     proc = launched("run", "--wait-for", "READY", "--wait-timeout", "1s", "echo booting; sleep 30")

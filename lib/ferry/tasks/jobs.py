@@ -43,9 +43,10 @@ def _detached(job_id, extra: str = ""):
     "wait-timeout": "with --wait-for: give up (exit 1) after this long; the job keeps running",
     "then": "stop or terminate the instance after the job succeeds",
     "then-always": "with --then: act whatever the job's outcome",
+    "no-sync": "run without first sending what changed in the project (ferry.run.sync: false does it always)",
 })
 def run(c, command, name=None, detach=False, env=None, cwd=None, timeout=None, label=None,
-        wait_for=None, wait_timeout=None, then=None, then_always=False):
+        wait_for=None, wait_timeout=None, then=None, then_always=False, no_sync=False):
     """Run COMMAND in tmux on the instance; stream its output and exit with its exit code."""
     from .. import flags, jobs, output
     from ..handle import get as get_box
@@ -64,6 +65,13 @@ def run(c, command, name=None, detach=False, env=None, cwd=None, timeout=None, l
         raise UsageError("--then-always needs --then stop or --then terminate", hint="add --then stop (or terminate)")
     box = get_box(c, name)
     jobs.check_then(box, then)
+    if not no_sync and (box.settings.data.get("run") or {}).get("sync", True):
+        from ..sync import upload
+
+        sent = upload(box, progress=False, announce=False)  # a project unchanged since the last sync costs no network
+        if sent.how != "unchanged":
+            output.note(f"synced {sent.files} changed file{'s' if sent.files != 1 else ''} first "
+                        "(--no-sync runs what the instance has)")
     try:
         done = box.run(command, warn=True, detach=detach, wait_for=wait_for, wait_timeout=wait_seconds, **options)
     except jobs.Detached as detached:
