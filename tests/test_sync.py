@@ -252,23 +252,34 @@ def test_download_keeps_newer_backs_up_replaced_and_force_still_backs_up(launche
     assert (project / "results" / "local-only.txt").exists()
 
 
-def test_download_default_excludes_all_include_and_exclude(launched, project, home):
-    wd = workdir_of(home)
-    (wd / "checkpoints").mkdir(parents=True)
-    (wd / "checkpoints" / "best.pt").write_bytes(b"w")
-    (wd / "model.safetensors").write_bytes(b"w")
-    (wd / "metrics.json").write_text("{}")
-    (wd / "debug.txt").write_text("noise\n")
-    (wd / "__pycache__").mkdir()
-    (wd / "__pycache__" / "x.pyc").write_bytes(b"\0")
-    launched.ok("download", "--exclude", "debug.txt", "--include", "*.safetensors")
-    assert (project / "metrics.json").exists() and (project / "model.safetensors").exists()
-    assert not (project / "checkpoints").exists() and not (project / "debug.txt").exists()
-    assert not (project / "__pycache__").exists()
-    launched.ok("download", "--path", "checkpoints")  # a named path comes whole
-    assert (project / "checkpoints" / "best.pt").exists()
+def test_a_plain_download_brings_what_the_run_produced(launched, project, home):
+    """Results come home without flags: new or changed files, less environments and caches, under a size guard."""
+    launched.ok("sync")
+    launched.ok("run", "mkdir -p checkpoints outputs .venv/lib __pycache__ && echo w > checkpoints/best.pt && "
+                       "head -c 3000000 /dev/zero > outputs/big.safetensors && echo {} > metrics.json && "
+                       "echo noise > debug.txt && echo x > .venv/lib/site.py && echo c > __pycache__/x.pyc && "
+                       "echo edited-there > notes.md")
+    proc = launched.ok("download", "--dry-run")
+    assert "fetch checkpoints/best.pt" in proc.stdout and "fetch outputs/big.safetensors" in proc.stdout
+    assert "fetch src/model.py" not in proc.stdout, "what ferry sent and nobody changed stays"
+    assert not (project / "checkpoints").exists(), "a dry run changes nothing"
+    proc = launched.ok("download", "--exclude", "debug.txt", env={"INVOKE_FERRY_DOWNLOAD_MAX_SIZE": "1M"})
+    assert (project / "checkpoints" / "best.pt").exists() and (project / "metrics.json").exists()
+    assert (project / "notes.md").read_text() == "edited-there\n", "a file changed on the instance comes back"
+    assert not (project / "outputs").exists(), "held back by the size guard"
+    assert "held back outputs/big.safetensors (2.9 MB): fetch it with ferry download --path outputs/big.safetensors" \
+        in proc.stderr
+    assert "left on the instance: " in proc.stderr and ".venv/ (1 file" in proc.stderr and "__pycache__/" in proc.stderr
+    assert not (project / "debug.txt").exists() and not (project / "__pycache__").exists()
+    launched.ok("download")  # the default guard (2 GiB) lets it come
+    assert (project / "outputs" / "big.safetensors").stat().st_size == 3_000_000
+    launched.ok("download", "--path", "__pycache__")  # a named path comes whole
+    assert (project / "__pycache__" / "x.pyc").exists()
+    (project / "invoke.yaml").write_text("ferry:\n  download:\n    include: ['.venv/']\n")
+    launched.ok("download")
+    assert (project / ".venv" / "lib" / "site.py").exists(), "ferry.download.include shapes the default"
     launched.ok("download", "--all")
-    assert (project / "__pycache__" / "x.pyc").exists() and (project / "debug.txt").exists()
+    assert (project / "debug.txt").exists()
 
 
 def test_downloads_into_the_same_backup_dir_keep_every_original(launched, project, home):

@@ -33,7 +33,10 @@ GENERAL_DEFAULTS: dict[str, Any] = {
     "json": False,
     "launch_timeout": 600,
     "jobs_kept": 200,
-    "run": {"sync": True},  # `run` first syncs a project that changed since the last sync (no network when it did not)  # job directories kept on an instance (the newest; a running job is never removed)
+    "run": {"sync": True},
+    # A plain download brings what the run produced, less environments and caches, up to max_size;
+    # include/exclude (gitignore syntax) shape it.
+    "download": {"max_size": "2G", "include": [], "exclude": []},  # `run` first syncs a project that changed since the last sync (no network when it did not)  # job directories kept on an instance (the newest; a running job is never removed)
     "ssh_config": None,  # OpenSSH client config for every ssh ferry runs (-F); default: OpenSSH's ~/.ssh/config
     "hosts": {},  # the ssh provider: name -> "user@host:port" or an ssh_config alias
     "providers": {},  # per provider: its module's DEFAULTS < this block < INVOKE_FERRY_PROVIDERS_<NAME>_<KEY>

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Sequence
 
 from . import rsync
 from .errors import FerryError, UsageError, cmd
-from .fileset import DEFAULT_EXCLUDES
 from .rsync import RSYNC_FLAGS
 from .report import SyncResult, report
 from .sync import progress_wanted, stamp
@@ -52,8 +51,6 @@ def download_rules(paths: Sequence[str], include: Sequence[str], exclude: Sequen
     rules = [f"- {p}" for p in ALWAYS_EXCLUDE_DOWN]
     rules += [f"+ {_check_pattern(p, '--include')}" for p in include]
     rules += [f"- {_check_pattern(p, '--exclude')}" for p in exclude]
-    if not everything and not paths:  # a path named on the command line comes whole
-        rules += [f"- {p}" for p in DEFAULT_EXCLUDES]
     return rules
 
 
@@ -71,22 +68,27 @@ def download(
 ) -> SyncResult:
     """Pull the workdir (or paths in it) into the project. Never deletes a local file.
 
-    A local file that differs and is newer is kept (``result.skipped``) unless
-    ``force``; one that is replaced has its previous content kept under
-    a new ``<stamp>/`` directory under ``backup_dir`` (default ``.ferry/backups/``), so no
-    earlier backup is ever overwritten (``result.backed_up``, ``result.backup_dir``).
-    The default exclude list (venvs, caches, weights, ``outputs/``, secrets)
-    applies to a whole-workdir pull unless ``everything``; named ``paths`` come
-    whole. ``include``/``exclude`` are rsync patterns (``*.json``, ``logs/``),
-    includes winning.
+    Without ``paths`` it brings what the run produced (results.py): files
+    new or changed on the instance since ferry sent them, less environments
+    and caches, up to the size guard. Named ``paths`` come whole; ``everything``
+    brings the whole workdir. A local file that differs and is newer is kept
+    (``result.skipped``) unless ``force``; one that is replaced has its previous
+    content kept under a new ``<stamp>/`` directory under ``backup_dir``
+    (default ``.ferry/backups/``), so no earlier backup is ever overwritten.
+    ``include``/``exclude`` add to ``ferry.download.include``/``exclude``
+    (gitignore syntax) for the default, and are rsync patterns otherwise.
     """
     project = box.project_dir
     remote = box.remote
     source = box.workdir
     instance = box.instance
     wanted = [check_relative(p) for p in paths]
-    rules = download_rules(wanted, include, exclude, everything)
     started = time.monotonic()
+    produced = None
+    if not wanted and not everything:
+        produced = _what_was_produced(box, include, exclude)
+        include, exclude = (), ()  # applied to the plan already
+    rules = download_rules(wanted, include, exclude, everything)
     if wanted:
         probe = "cd " + shlex.quote(source) + " && for p in " + " ".join(shlex.quote(p) for p in wanted) + \
             '; do [ -e "$p" ] || [ -L "$p" ] || printf "%s\\0" "$p"; done'
@@ -113,6 +115,8 @@ def download(
     if not backups.is_absolute():
         backups = project / backups
     rule_file = rsync.rule_file(rules)
+    listing = rsync.rule_file(produced.fetch) if produced is not None else None
+    conflicts: list[str] = []
     try:
         # --modify-window=-1 compares mtimes to the nanosecond: a result rewritten within the same second
         # at the same size is still seen as changed (rsync's quick check compares whole seconds).
@@ -123,12 +127,20 @@ def download(
             argv.append("--update")
         if dry_run:
             argv.append("--dry-run")
+        if listing is not None:
+            argv.append(f"--files-from={listing}")
         argv += [*sources, f"{project}/"]
-        conflicts: list[str] = []
-        out = rsync.run(argv, remote, progress_wanted(progress) and not dry_run, "receiving", partial=conflicts)
+        if produced is not None and not produced.fetch:
+            out = ""  # nothing new on the instance: no transfer at all
+        else:
+            out = rsync.run(argv, remote, progress_wanted(progress) and not dry_run, "receiving", partial=conflicts)
     finally:
         os.unlink(rule_file)
+        if listing is not None:
+            os.unlink(listing)
     result = SyncResult(how="download", dry_run=dry_run, conflicts=conflicts)
+    if produced is not None:
+        result.left, result.too_big, result.excluded = produced.left, produced.too_big, produced.excluded
     result.files, result.bytes = rsync.parse_stats(out)
     for line in out.splitlines():
         if line.startswith(">f") and len(line) > 12:
@@ -159,6 +171,21 @@ def download(
                  + cmd(f"download --path {shlex.quote(first)}"),
         )
     return result
+
+
+def _what_was_produced(box: "Box", include: Sequence[str], exclude: Sequence[str]):
+    """The default download's plan: what the run produced, shaped by config and flags, under the size guard."""
+    from . import results
+    from .manifest import remote_key
+
+    configured = dict(box.settings.data.get("download") or {})
+    sent, found = results.listing(box, f".ferry/manifests/{remote_key(box.settings.project, box.workdir)}")
+    if not found:
+        raise FerryError(f"{box.name} has no workdir for this project yet ({box.workdir})",
+                         hint=f"send the project first: {cmd('sync')}")
+    return results.plan(sent, found, results.parse_size(configured.get("max_size") or results.DEFAULT_MAX_SIZE),
+                        include=[*(configured.get("include") or []), *include],
+                        exclude=[*(configured.get("exclude") or []), *exclude])
 
 
 def _backed_up(backups: Path, project: Path) -> tuple[list[str], list[str]]:

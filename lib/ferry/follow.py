@@ -238,6 +238,7 @@ def follow(box: "Box", job_id: str, offset: int = 0, out: BinaryIO | None = None
     jid = shlex.quote(job_id)
     retry = Backoff(first=FIRST_DELAY, cap=MAX_DELAY, window=RECONNECT_WINDOW)
     connected = False
+    tries = 0  # attempts that never showed a sign of life (a drop right as it began looks the same)
     number: int | None = None
     while True:
         if start_spec is not None:
@@ -262,7 +263,7 @@ def follow(box: "Box", job_id: str, offset: int = 0, out: BinaryIO | None = None
         stderr_text = stream.stderr.decode(errors="replace")
         end, other = parse_end(stderr_text)
         if end is not None:
-            connected, start_spec = True, None
+            connected, start_spec, tries = True, None, 0
             retry.succeeded()
             job_id, number = end.job_id, end.number or number  # pinned: a label or number asked for resolves once
             jid = shlex.quote(job_id)
@@ -280,10 +281,13 @@ def follow(box: "Box", job_id: str, offset: int = 0, out: BinaryIO | None = None
         # The wrapper says "ferry-following" as it begins: a drop after that is a drop, not "unreachable".
         connected = connected or stream.received > 0 or "ferry-following" in stderr_text
         failure = remote.classify_failure(other)
-        if not connected or isinstance(failure, HostKeyError) or "Permission denied" in other:
+        refused = isinstance(failure, HostKeyError) or "Permission denied" in other
+        tries += 1
+        unreachable = any(m in other for m in ("Connection refused", "timed out", "No route", "Could not resolve"))
+        if refused or (not connected and (unreachable or tries > 2)):
             if start_spec is not None:
                 failure.hint = f"{failure.hint}; the job may have started anyway: {cmd('jobs')}"
-            raise failure  # never reached it, or it refused us: retrying would only hide that
+            raise failure  # it refused us, or never answered twice in a row: retrying would only hide that
         # The connection dropped (or the sshd is restarting): back off and resume at `offset`.
         if stream.received:
             retry.succeeded()

@@ -7,6 +7,7 @@ handed to a ``say`` callback (``sync --watch`` stamps each line with the time).
 from __future__ import annotations
 
 import logging
+import shlex
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -33,6 +34,9 @@ class SyncResult:
     backed_up: list[str] = field(default_factory=list)  # download: local files replaced, previous copy kept
     moved_aside: list[str] = field(default_factory=list)  # download: local files a directory took the place of
     conflicts: list[str] = field(default_factory=list)  # download: paths that could not come (another kind in the way)
+    left: dict[str, tuple[int, int]] = field(default_factory=dict)  # download: environments/caches left (files, bytes)
+    too_big: list[tuple[str, int]] = field(default_factory=list)  # download: held back by the size guard
+    excluded: tuple[int, int] = (0, 0)  # download: left by ferry.download.exclude / --exclude (files, bytes)
     received: list[str] = field(default_factory=list)
     would_send: list[str] = field(default_factory=list)  # dry run
     backup_dir: str | None = None
@@ -66,6 +70,16 @@ class SyncResult:
             text += f"; moved {len(self.moved_aside)} local file{_s(self.moved_aside)} aside into {self.backup_dir}"
         if self.conflicts:
             text += f"; {len(self.conflicts)} path{_s(self.conflicts)} could not come home"
+        if self.too_big:
+            total = sum(size for _, size in self.too_big)
+            text += (f"; held back {len(self.too_big)} large file{_s(self.too_big)} ({_human(total)}) over the "
+                     f"size guard (listed above; {cmd('download --all')} brings everything)")
+        if self.left:
+            groups = ", ".join(f"{group} ({files} file{_s(files)}, {_human(size)})"
+                               for group, (files, size) in sorted(self.left.items(), key=lambda kv: -kv[1][1]))
+            text += f"; left on the instance: {groups} (fetch one with --path)"
+        if self.excluded[0]:
+            text += f"; {self.excluded[0]} file{_s(self.excluded[0])} ({_human(self.excluded[1])}) excluded by config or --exclude"
         return text
 
 
@@ -109,6 +123,10 @@ def report(result: SyncResult, verb: str, say: Callable[[str], None] | None = No
              f"(the file is in {result.backup_dir}/{path})")
     for path in result.conflicts:
         line(f"could not bring {path}: a local directory of that name is in the way of the instance's file")
+    for path, size in result.too_big[:10]:
+        line(f"held back {path} ({_human(size)}): fetch it with {cmd('download --path ' + shlex.quote(path))}")
+    if len(result.too_big) > 10:
+        line(f"... and {len(result.too_big) - 10} more over the size guard: {cmd('download --all')} brings everything")
     for path in result.kept_remote:
         line(f"kept {path} on the instance: it changed there since ferry sent it")
     for path in result.kept_unsent:

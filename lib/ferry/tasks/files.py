@@ -46,17 +46,17 @@ def sync(c, name=None, dry_run=False, delete="sent", full=False, watch=False, cr
 
 @ferry_task(iterable=["path", "include", "exclude"], help={
     "name": NAME_HELP,
-    "path": "a path inside the workdir to fetch, whole (repeatable; default: all of the workdir)",
+    "path": "a path inside the workdir to fetch, whole (repeatable; default: what the run produced)",
     "force": "take the remote copy even where the local file is newer (the local copy is backed up)",
     "backup-dir": "where replaced local files are kept: each download makes a new <stamp>/ in it (default: .ferry/backups/)",
-    "all": "do not apply the default excludes (venvs, caches, weights, checkpoints/, outputs/, secrets)",
-    "include": "an rsync pattern to fetch even if excluded, e.g. '*.pt' (repeatable)",
-    "exclude": "an rsync pattern not to fetch, e.g. 'logs/' (repeatable)",
+    "all": "the whole workdir, environments and caches included, with no size guard",
+    "include": "a pattern (gitignore syntax) to bring even if unchanged or left by default, e.g. '*.log' (repeatable)",
+    "exclude": "a pattern (gitignore syntax) not to bring, e.g. 'logs/' (repeatable)",
     "dry-run": "list what would be fetched; change nothing",
 })
 def download(c, path=None, name=None, force=False, backup_dir=None, all=False, include=None, exclude=None,
              dry_run=False):
-    """Bring results home. Never deletes a local file; keeps newer local files; backs up what it replaces."""
+    """Bring home what the run produced (or --path P, --all). Never deletes or silently overwrites a local file."""
     import sys
 
     from ..handle import get as get_box
