@@ -116,3 +116,35 @@ def test_run_never_runs_stale_code(launched, project):
     assert launched.ok("run", "--no-sync", "python3 train.py").stdout == "v2\n", "--no-sync runs what is there"
     proc = launched.ok("run", "python3 train.py", env={"INVOKE_FERRY_RUN_SYNC": "0"})  # (Invoke reads "0" as false)
     assert proc.stdout == "v2\n", "ferry.run.sync: false does it always"
+
+
+def _on_a_terminal(project, *args, env=None) -> str:
+    """Run ferry with a pseudo-terminal as stdout and stderr; what it wrote."""
+    import pty
+
+    main, secondary = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "ferry", *args], cwd=project, stdin=subprocess.DEVNULL,
+                            stdout=secondary, stderr=secondary, env={**os.environ, "TERM": "xterm", **(env or {})})
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    proc.wait(timeout=60)
+    os.close(main)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_colour_on_a_terminal_and_never_with_no_color(launched, project):
+    shown = _on_a_terminal(project, "ls")
+    assert "\x1b[" in shown and "RUNNING" in shown, "states are coloured on a terminal"
+    plain = _on_a_terminal(project, "ls", env={"NO_COLOR": "1"})
+    assert "\x1b[" not in plain and "RUNNING" in plain
+    assert "\x1b[" not in launched.ok("ls").stdout, "plain into a pipe"
+    err = _on_a_terminal(project, "logs", "-j", "nope")
+    assert "\x1b[1;31merror: " in err or "\x1b[31;1merror: " in err or ("\x1b[" in err and "error: " in err)

@@ -139,3 +139,13 @@ def test_a_users_task_is_testable_with_a_mock_box(mock_ferry):
     with pytest.raises(ferry.JobFailed) as caught:
         failing.run("pytest")
     assert caught.value.result.exit_code == 1 and failing.run("pytest", warn=True).exit_code == 1
+
+
+def test_launch_says_what_it_waits_for(fake_cloud, caplog):
+    import logging
+
+    fake_cloud.ready_after = 3
+    with caplog.at_level(logging.INFO, logger="ferry"):
+        ferry.launch(name="slow", gpu="A100")
+    waits = [r.getMessage() for r in caplog.records if getattr(r, "status", False)]
+    assert waits and "fake says pending" in waits[0] and "so far" in waits[0] and "left" in waits[0]

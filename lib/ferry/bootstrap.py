@@ -49,7 +49,12 @@ def wait_until_reachable(box: "Box", cloud: "Cloud", timeout: float, fresh: bool
     instance = box.instance
     name = instance.name
     waiting = backoff.Backoff(first=0.2, cap=5.0, factor=1.6)
-    said = 0.0
+    started = time.monotonic()
+
+    def status(what: str) -> None:  # a live line on a terminal; a line every 10 s elsewhere (output.py)
+        log.info("%s: %s (%s so far, %s left)", name, what, human(time.monotonic() - started),
+                 human(max(0.0, deadline - time.monotonic())), extra={"status": True})
+
     while instance.status != Status.RUNNING or (SSH in cloud.capabilities and instance.ssh is None):
         _check_cancel(name)
         if instance.status in (Status.ERROR, Status.TERMINATED):
@@ -63,9 +68,7 @@ def wait_until_reachable(box: "Box", cloud: "Cloud", timeout: float, fresh: bool
                 f"instance {name} did not become reachable within {timeout:.0f}s (last state: {instance.status.value})",
                 hint="raise --launch-timeout (ferry.launch_timeout), or try another region or GPU",
             )
-        if time.monotonic() - said > 10:
-            said = time.monotonic()
-            log.info("waiting for %s: %s, %s left", name, instance.status.value.lower(), human(left))
+        status(f"{cloud.name} says {instance.status.value.lower()}")
         time.sleep(min(waiting.failed(), max(left, 0.01)))
         got = cloud.get(instance.id)
         if got is None:
@@ -79,7 +82,13 @@ def wait_until_reachable(box: "Box", cloud: "Cloud", timeout: float, fresh: bool
     assert instance.ssh is not None
     probe = socket_target(instance.ssh, box.settings.ssh_config)  # honours ssh_config HostName/Port; None via proxies
     if probe is not None:
-        wait_for_banner(probe[0], probe[1], max(1.0, deadline - time.monotonic()), on_wait=lambda _: _check_cancel(name))
+        where = f"{probe[0]}:{probe[1]}"
+
+        def waiting_for_ssh(_elapsed: float) -> None:
+            _check_cancel(name)
+            status(f"waiting for ssh on {where}")
+
+        wait_for_banner(probe[0], probe[1], max(1.0, deadline - time.monotonic()), on_wait=waiting_for_ssh)
     host_key = instance.raw.get("host_key")
     if host_key:
         known_hosts.pin(instance.ssh, host_key, box.settings.home)  # the provider told us the key
@@ -97,6 +106,7 @@ def wait_until_reachable(box: "Box", cloud: "Cloud", timeout: float, fresh: bool
             except SSHError as exc:
                 if "host key" in exc.message or time.monotonic() > deadline or CANCEL.is_set():
                     raise
+                status(f"ssh answers; waiting for it to accept ferry's key ({exc.message})")
                 time.sleep(retry.failed())
     finally:
         remote.first_contact = False

@@ -60,12 +60,23 @@ def _console(stream):
                    force_terminal=colour(stream), emoji=False, markup=False)
 
 
+_live_status = [False]  # a status line is on the terminal, to be cleared before anything else is printed
+
+
+def _clear_status() -> None:
+    if _live_status[0]:
+        sys.stderr.write("\r\x1b[K")
+        _live_status[0] = False
+
+
 def note(message: str) -> None:
+    _clear_status()
     print(message, file=sys.stderr, flush=True)
 
 
 def error(message: str, hint: str | None = None) -> None:
     """The one presentation of an expected failure: ``error:`` (red) and ``hint:`` (dim) on stderr."""
+    _clear_status()
     if colour():
         from rich.text import Text
 
@@ -157,22 +168,40 @@ class TransferBar:
 
 
 # -- library logging, presented -------------------------------------------------------------------------
+STATUS_EVERY = 10.0  # seconds between status lines when stderr is not a terminal
+
+
 class _Lines(logging.Handler):
     """ferry's log records as plain lines on stderr (warnings carry their own ``warning:`` wording).
 
-    In a script (``own=False``) a record also propagates, and this handler
-    stays quiet once the user has configured logging themselves.
+    A record with ``extra={"status": True}`` is a live status (what a launch
+    waits for): on a terminal it redraws one line in place, elsewhere it is
+    printed at most every STATUS_EVERY seconds. In a script (``own=False``)
+    a record also propagates, and this handler stays quiet once the user has
+    configured logging themselves.
     """
 
     def __init__(self, own: bool):
         super().__init__()
         self.own = own
+        self.last_status = 0.0
 
     def emit(self, record: logging.LogRecord) -> None:
         if not self.own and logging.getLogger().handlers:
             return  # the user's own logging shows it
         try:
-            print(record.getMessage(), file=sys.stderr, flush=True)
+            message = record.getMessage()
+            if getattr(record, "status", False):
+                if colour(sys.stderr):
+                    sys.stderr.write(f"\r\x1b[K{message}")
+                    sys.stderr.flush()
+                    _live_status[0] = True
+                elif time.monotonic() - self.last_status >= STATUS_EVERY:
+                    self.last_status = time.monotonic()
+                    print(message, file=sys.stderr, flush=True)
+                return
+            _clear_status()
+            print(message, file=sys.stderr, flush=True)
         except Exception:  # noqa: BLE001 - logging must never break a command
             self.handleError(record)
 
