@@ -6,24 +6,19 @@ server on 127.0.0.1, every instance a real loopback sshd.
 
 from __future__ import annotations
 
-import getpass
 import json
 
 import pytest
 
+from .contract_harness import configure_runpod, configure_thunder, configure_vast
 from .test_provider_ec2 import ec2  # noqa: F401  (the moto-backed EC2 fixture, with its ssh_config)
-
-USER = getpass.getuser()
 
 
 @pytest.fixture
-def clouds(ec2, fake_runpod, fake_vast, fake_thunder, monkeypatch):  # noqa: F811
-    monkeypatch.setenv("RUNPOD_API_KEY", fake_runpod.api_key)
-    monkeypatch.setenv("VAST_API_KEY", fake_vast.api_key)
-    monkeypatch.setenv("TNR_API_TOKEN", fake_thunder.api_key)
-    for name, fake in (("RUNPOD", fake_runpod), ("VAST", fake_vast), ("THUNDER", fake_thunder)):
-        monkeypatch.setenv(f"INVOKE_FERRY_PROVIDERS_{name}_API_URL", fake.base_url)
-        monkeypatch.setenv(f"INVOKE_FERRY_PROVIDERS_{name}_SSH_USER", USER)
+def clouds(ec2, fake_runpod, fake_vast, fake_thunder, home, monkeypatch):  # noqa: F811
+    configure_runpod(fake_runpod, home, monkeypatch)
+    configure_vast(fake_vast, home, monkeypatch)
+    configure_thunder(fake_thunder, home, monkeypatch)
     return {"runpod": fake_runpod, "vast": fake_vast, "thunder": fake_thunder, "ec2": ec2}
 
 

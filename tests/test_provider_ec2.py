@@ -1,98 +1,34 @@
-"""EC2 end to end: real boto3 against moto's server (behind FakeEC2's proxy), a real loopback sshd per instance.
+"""What only EC2 does: real boto3 against moto's server (behind FakeEC2's proxy), a real loopback sshd per instance.
 
-moto hands out made-up public addresses (54.214.x.x). The fake writes an
-OpenSSH config mapping each running instance's address to its loopback sshd;
-the test's ssh config includes it and sends every other 54.* address to a
-closed loopback port (nothing leaves the machine), and ferry is given that
-file through ``ferry.ssh_config`` (OpenSSH reads ~/.ssh/config of the passwd
-home, not $HOME). So every ssh, rsync and tmux call reaches the instance only
-because ssh_config is honoured.
+The loop, idempotency, lost creates, host keys, timeouts, retries and GPU
+checks are the contract every provider keeps (tests/test_contract.py); here
+are the AMI, instance type, tags and volume, client tokens, key pair and
+security group, spot, prices and regions. moto hands out made-up public
+addresses; ssh reaches the instances only through the ssh_config that
+``configure_ec2`` gives ferry (see tests/contract_harness.py).
 """
 
 from __future__ import annotations
 
 import json
-import shlex
-import subprocess
-import sys
-import time
 from urllib.parse import parse_qs
 
 import pytest
 
-from ferry import config as ferry_config
-from ferry.sshd import free_port
+from .contract_harness import AWS_ACCESS_KEY as ACCESS_KEY
+from .contract_harness import AWS_SECRET_KEY as SECRET_KEY
+from .contract_harness import DLAMI, configure_ec2, ec2_instances, ec2_live, failed, seed_dlami
 
-ACCESS_KEY = "AKIAFERRYTESTKEY0001"
-SECRET_KEY = "ferry/SECRET/9f3b1c7e5d2a"
-DLAMI = "ami-0feedfacecafe0001"
 LAUNCH = ("launch", "--provider", "ec2", "--gpu", "A10G")
 
 
-def seed_dlami(region: str, value: str = DLAMI) -> None:
-    """Publish the deep-learning AMI parameter the way moto seeds its own public /aws/service ones.
-
-    moto's SSM knows only the Amazon Linux, ECS and global-infrastructure public
-    parameters, and its put_parameter (like AWS) refuses names under /aws.
-    """
-    from moto.core import DEFAULT_ACCOUNT_ID
-    from moto.ssm.models import Parameter, ssm_backends
-
-    from ferry.providers.ec2.setup import DLAMI_PARAMETER
-
-    backend = ssm_backends[DEFAULT_ACCOUNT_ID][region]
-    backend._parameters[DLAMI_PARAMETER].append(Parameter(
-        account_id=DEFAULT_ACCOUNT_ID, name=DLAMI_PARAMETER, value=value, parameter_type="String",
-        description=None, allowed_pattern=None, keyid=None, last_modified_date=time.time(), version=1,
-        data_type="aws:ec2:image",
-    ))
-
-
 @pytest.fixture
-def ec2(fake_ec2, sshd_pool, project, home, monkeypatch):
-    if "ssh_config" not in ferry_config.GENERAL_DEFAULTS:
-        pytest.fail("the EC2 tests need ferry.ssh_config (ssh -F), port 22 left to ssh_config, and HostKeyAlias "
-                    "in remote.py: see the issue 5 vast/ec2/ssh report")
-    ssh_config = home / "ssh_config"
-    ssh_config.write_text(
-        f"Include {fake_ec2.ssh_config_path}\n\n"
-        "# moto addresses with no sshd behind them lead to a closed loopback port, never off the machine\n"
-        f"Host 54.*\n    HostName 127.0.0.1\n    Port {free_port()}\n"
-    )
-    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-    monkeypatch.setenv("USER", "ada")
-    monkeypatch.setenv("INVOKE_FERRY_PROVIDERS_EC2_ENDPOINT_URL", fake_ec2.base_url)
-    monkeypatch.setenv("INVOKE_FERRY_PROVIDERS_EC2_SSH_USER", sshd_pool.user)  # sshd logs in only its own user
-    monkeypatch.setenv("INVOKE_FERRY_SSH_CONFIG", str(ssh_config))
-    monkeypatch.setenv("INVOKE_FERRY_LAUNCH_TIMEOUT", "30")  # a broken path fails in seconds, not minutes
-    seed_dlami(fake_ec2.region)
-    try:
-        yield fake_ec2
-    finally:
-        fake_ec2.stop()  # powers off every instance (SshdPool ends what they left running)
+def ec2(fake_ec2, home, project, monkeypatch):
+    configure_ec2(fake_ec2, home, monkeypatch)
+    return fake_ec2
 
 
-def failed(proc: subprocess.CompletedProcess) -> str:
-    """Exit 1, no traceback, the output ends in ``error:`` (+ ``hint:``); progress notes may precede."""
-    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr
-    lines = [l for l in proc.stderr.splitlines() if l.strip()]
-    errors = [i for i, l in enumerate(lines) if l.startswith("error: ")]
-    assert len(errors) == 1 and all(l.startswith("hint: ") for l in lines[errors[0] + 1:]), proc.stderr
-    return "\n".join(lines[errors[0]:])
-
-
-def instances(fake, *states: str) -> list[dict]:
-    client = fake.client()
-    found = [i for r in client.describe_instances()["Reservations"] for i in r["Instances"]]
-    return [i for i in found if not states or i["State"]["Name"] in states]
-
-
-def live(fake) -> list[dict]:
-    return instances(fake, "pending", "running", "stopping", "stopped")
+instances, live = ec2_instances, ec2_live
 
 
 def params(request) -> dict[str, str]:
@@ -103,14 +39,11 @@ def tags(raw: dict) -> dict[str, str]:
     return {t["Key"]: t["Value"] for t in raw.get("Tags") or []}
 
 
-def test_whole_loop_launch_sync_run_download_stop_start_terminate(ec2, ferry, project):
-    (project / "train.py").write_text(
-        "import os\nos.makedirs('results', exist_ok=True)\n"
-        "open('results/metrics.json', 'w').write('{\"loss\": 0.125}')\nprint('epoch done')\n"
-    )
-    proc = ferry.ok(*LAUNCH, "sync", "run", f"{sys.executable} train.py", "download")
-    assert "epoch done" in proc.stdout
-    assert json.loads((project / "results" / "metrics.json").read_text()) == {"loss": 0.125}
+def test_the_instance_as_ec2_sees_it_made_by_one_create_retried_under_one_token(ec2, ferry):
+    ec2.fail_next(500, times=2, match="RunInstances")
+    launched = json.loads(ferry.ok(*LAUNCH, "--json").stdout)
+    runs = ec2.requests_to("RunInstances")
+    assert len(runs) == 3 and len({params(r)["ClientToken"] for r in runs}) == 1, "retries share the token"
     [raw] = live(ec2)
     assert raw["ImageId"] == DLAMI, "the region's public deep-learning AMI parameter"
     assert raw["InstanceType"] == "g5.xlarge" and raw.get("InstanceLifecycle") != "spot"
@@ -118,21 +51,7 @@ def test_whole_loop_launch_sync_run_download_stop_start_terminate(ec2, ferry, pr
     [volume] = ec2.client().describe_volumes(
         Filters=[{"Name": "attachment.instance-id", "Values": [raw["InstanceId"]]}])["Volumes"]
     assert (volume["Size"], volume["VolumeType"]) == (100, "gp3")
-    status = json.loads(ferry.ok("status", "--json").stdout)
-    assert status["ssh"]["host"] == raw["PublicIpAddress"], "ferry addresses the public IP; ssh_config maps it"
-    assert status["gpu"] == "A10G" and status["cost_per_hour"] == 1.006
-
-    ferry.ok("stop")
-    assert instances(ec2)[0]["State"]["Name"] == "stopped"
-    assert json.loads(ferry.ok("status", "--json").stdout)["status"] == "STOPPED"
-    ferry.ok("start")
-    moved = live(ec2)[0]["PublicIpAddress"]
-    assert moved != raw["PublicIpAddress"], "moto gives a started instance a new address"
-    assert ferry.ok("run", "cat results/metrics.json").stdout == '{"loss": 0.125}', "the disk survived"
-    ferry.ok("launch", "--provider", "ec2")  # by name: reused, not a second instance
-    assert len(live(ec2)) == 1
-    everywhere = json.loads(ferry.ok("ls", "--all", "--json").stdout)
-    assert [(i["name"], i["status"]) for i in everywhere if i["provider"] == "ec2"] == [("proj", "RUNNING")]
+    assert launched["cost_per_hour"] == 1.006
 
     ferry.ok("terminate", "--yes")
     assert live(ec2) == [] and instances(ec2, "terminated"), "EC2 keeps listing it as terminated"
@@ -140,65 +59,16 @@ def test_whole_loop_launch_sync_run_download_stop_start_terminate(ec2, ferry, pr
     assert [i for i in everywhere if i["provider"] == "ec2"] == [], "a terminated instance is gone to ferry"
 
 
-def test_429_and_two_500s_then_success_with_one_client_token(ec2, ferry):
-    ec2.fail_next(429, match="DescribeInstances")
-    ec2.fail_next(500, times=2, match="RunInstances")
-    ferry.ok(*LAUNCH)
-    runs = ec2.requests_to("RunInstances")
-    assert len(runs) == 3
-    assert len({params(r)["ClientToken"] for r in runs}) == 1, "retries of one create share its token"
-    assert len(live(ec2)) == 1
-
-
-@pytest.mark.parametrize("how", ["error", "drop"])
-def test_create_whose_response_is_lost_yields_exactly_one_instance(ec2, ferry, how):
-    ec2.lose_next_create_response(how=how)
-    ferry.ok(*LAUNCH)
-    [raw] = live(ec2)
-    assert json.loads(ferry.ok("status", "--json").stdout)["id"] == raw["InstanceId"]
-    assert ferry.ok("run", "echo reachable").stdout == "reachable\n"
-
-
-def test_instance_that_never_gets_ssh_is_terminated_after_the_timeout(ec2, ferry, project):
-    ec2.never_ready = True
-    err = failed(ferry(*LAUNCH, "--launch-timeout", "3"))
-    assert "within" in err
-    assert live(ec2) == [], "terminated, nothing left billing"
-    assert len(instances(ec2, "terminated")) == 1
-    state = project / ".ferry" / "state.json"
-    assert not state.exists() or json.loads(state.read_text())["instances"] == {}
-
-
-def test_changed_host_key_on_the_same_address_is_refused_with_the_fix(ec2, ferry, sshd_pool):
-    ferry.ok(*LAUNCH)
-    [raw] = live(ec2)
-    endpoint = ec2.endpoint(raw["InstanceId"])
-    port = endpoint.port
-    sshd_pool.stop(endpoint)  # "rebuilt": same address, new host key
-    for path in (endpoint.sshd.host_key_path, endpoint.sshd.host_key_path.with_suffix(".pub")):
-        path.unlink()
-    sshd_pool.start(endpoint)
-    assert endpoint.port == port
-    err = failed(ferry("run", "true"))
-    assert "host key" in err and raw["PublicIpAddress"] in err
-    fix = err.split("forget the old key: ")[1].split(" ;")[0]
-    assert fix.startswith("ssh-keygen -R")
-    subprocess.run(shlex.split(fix), check=True, capture_output=True)
-    ferry.ok("launch", "--provider", "ec2")  # pins the new key
-    assert ferry.ok("run", "echo again").stdout == "again\n"
-
-
-def test_credentials_go_on_the_wire_only(ec2, ferry, project):
-    printed = ferry.ok("--debug", *LAUNCH, "run", "echo hi")
+def test_refused_credentials_are_never_printed(ec2, ferry, project):
     refusal = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>AuthFailure</Code>'
                b"<Message>AWS was not able to validate the provided access credentials</Message></Error></Errors>"
                b"<RequestID>fake</RequestID></Response>")
     ec2.fail_next(401, match="DescribeInstances", body=refusal)
     refused = ferry("--debug", *LAUNCH, "--name", "other")
     assert refused.returncode == 1 and "AWS refused" in refused.stderr
-    everything = "".join(p.stdout + p.stderr for p in (printed, refused))
-    assert SECRET_KEY not in everything and ACCESS_KEY not in everything
-    assert SECRET_KEY not in (project / ".ferry" / "state.json").read_text()
+    assert SECRET_KEY not in refused.stdout + refused.stderr and ACCESS_KEY not in refused.stdout + refused.stderr
+    state = project / ".ferry" / "state.json"
+    assert not state.exists() or SECRET_KEY not in state.read_text()
     signed = {r.authorization.split("Credential=")[1].split("/")[0] for r in ec2.requests}
     assert signed == {ACCESS_KEY}, "every request was signed with the key from the environment"
 

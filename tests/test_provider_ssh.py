@@ -1,6 +1,8 @@
 """Hosts the user already has (``ferry.hosts``): a real loopback sshd registered in the project's config.
 
-Run through ``inv`` with a project ``tasks.py``, so the project's
+The loop on such a host, and that stop and terminate leave it alone, are
+the contract (tests/test_contract.py); here is what only ``ferry.hosts``
+has: entries, their forms and ssh_config aliases. Run through ``inv`` with a project ``tasks.py``, so the project's
 ``invoke.yaml`` (where ``ferry.hosts`` lives) is read the way a user's is.
 """
 
@@ -47,31 +49,6 @@ def error_of(proc: subprocess.CompletedProcess) -> str:
     lines = [l for l in proc.stderr.splitlines() if l.strip()]
     assert lines and lines[-2].startswith("error: ") and lines[-1].startswith("hint: "), proc.stderr
     return proc.stderr
-
-
-def test_launch_checks_and_bootstraps_then_the_loop_runs(box, project):
-    write_hosts(project, {"box": f"{box.user}@127.0.0.1:{box.port}"})
-    launched = inv(project, "launch", "--provider", "ssh", "--name", "box", "--json")
-    assert launched.returncode == 0, launched.stderr
-    info = json.loads(launched.stdout)
-    assert info["ssh"] == {"host": "127.0.0.1", "port": box.port, "user": box.user}
-    assert info["remote_home"] == str(box.directory / "home")
-    assert (box.directory / "home" / ".ferry" / "bin" / "ferry-job").exists(), "bootstrapped"
-    chain = inv(project, "sync", "run", "echo made > out.txt && cat out.txt", "download")
-    assert chain.returncode == 0, chain.stderr
-    assert chain.stdout == "made\n" and (project / "out.txt").read_text() == "made\n"
-    listed = inv(project, "ls", "--json")
-    assert [(i["name"], i["provider"], i["status"]) for i in json.loads(listed.stdout)] == [("box", "ssh", "RUNNING")]
-
-
-def test_stop_and_terminate_leave_the_host_alone(box, project):
-    write_hosts(project, {"box": f"{box.user}@127.0.0.1:{box.port}"})
-    assert inv(project, "launch", "--provider", "ssh", "--name", "box").returncode == 0
-    for verb in (["stop"], ["terminate", "--yes"]):
-        err = error_of(inv(project, *verb))
-        assert "ferry does not own box" in err or (verb == ["stop"] and "cannot stop" in err), err
-        assert box.running(), f"{verb[0]} must not touch the host"
-    assert inv(project, "run", "echo still here").stdout == "still here\n"
 
 
 def test_an_ssh_config_alias_is_resolved_to_its_real_address(box, project, home):

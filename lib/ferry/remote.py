@@ -157,7 +157,7 @@ class Remote:
                 and not known_hosts.pinned(self.endpoint, self.home):
             return HostKeyError(
                 f"no pinned host key for {self.instance.name} ({name})",
-                hint=f"pin it by reconnecting through ferry: {cmd(f'launch --name {self.instance.name}')}",
+                hint=f"pin it by reconnecting through ferry: {cmd(self._relaunch())}",
             )
         if "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr or "Host key verification failed" in stderr:
             return HostKeyError(
@@ -165,7 +165,7 @@ class Remote:
                 hint=(
                     "if the instance was rebuilt, forget the old key: "
                     f"ssh-keygen -R {shlex.quote(name)} -f {shlex.quote(str(self.known_hosts))} ; "
-                    f"then pin the new one: {cmd(f'launch --name {self.instance.name}')} ; "
+                    f"then pin the new one: {cmd(self._relaunch())} ; "
                     "otherwise someone may be intercepting the connection"
                 ),
             )
@@ -175,6 +175,10 @@ class Remote:
             f"cannot reach {self.instance.name} at {self.endpoint.user}@{self.endpoint.host}:{self.endpoint.port}: {reason}",
             hint=f"check it is running: {cmd(f'status --name {self.instance.name}')}",
         )
+
+    def _relaunch(self) -> str:
+        """The launch that reconnects to this very instance (without --provider it would make a new local one)."""
+        return f"launch --name {self.instance.name} --provider {self.instance.provider}"
 
     def check(self, timeout: float = 20) -> None:
         """One authenticated ``true``: proves key, host key and shell all work (and pins on first contact)."""
