@@ -16,6 +16,7 @@ import selectors
 import shlex
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -158,17 +159,21 @@ def test_a_changed_host_key_is_refused_with_the_fix(h):
     assert "host key of proj" in stderr and address in stderr
     assert not (h.remote_home() / "proj" / "ran-anyway").exists(), "nothing ran on the changed host"
 
-    # The hint's fix, as printed: forget the old key, then pin the new one.
+    # The hint's fix, as printed: see the new key and pin it for this same instance; nothing is created.
     hint = stderr.split("hint: ", 1)[1]
-    forget = hint.split("forget the old key: ")[1].split(" ;")[0]
-    assert forget.startswith("ssh-keygen -R")
-    subprocess.run(shlex.split(forget), check=True, capture_output=True)
-    relaunch = hint.split("then pin the new one: ")[1].split(" ;")[0]
-    assert relaunch.startswith("ferry launch")
-    h.cli.ok(*shlex.split(relaunch)[1:])
+    fix = hint.split("see its new key and pin it: ")[1].split(";")[0].strip()
+    assert fix == "ferry pin-host-key --name proj"
+    asked = h.cli(*shlex.split(fix)[1:])
+    if h.name == "local":  # the provider itself reports the key: that vouches for it
+        assert asked.returncode == 0 and "local reports the same key" in asked.stderr
+    else:  # nobody vouches: without a terminal to ask on, it needs --yes after reading the fingerprint
+        assert asked.returncode == 2 and "SHA256:" in asked.stderr and "not pinned" in asked.stderr
+        assert_one_line_error(h.cli("run", "true"))  # still refused
+        assert "pinned proj's host key" in h.cli.ok(*shlex.split(fix)[1:], "--yes").stderr
     assert h.cli.ok("run", "echo again").stdout == "again\n"
     assert h.ids() == [iid], "the same instance, not a new one"
     assert (h.state()["instances"]["proj"]["provider"], h.state()["instances"]["proj"]["id"]) == (h.name, iid)
+    assert len(h.requests_to(h.create)) == (1 if h.create else 0), "nothing was created"
 
 
 # -- 5. an instance that never becomes reachable ----------------------------------------------------------------
@@ -202,3 +207,51 @@ def test_the_gpu_is_required_and_checked_before_anything_is_rented(h):
     stderr = failed(h.cli("launch", "--provider", h.name, "--gpu", h.not_offered), code=2)
     assert f"{h.name} does not offer {h.not_offered}" in stderr
     assert h.ids() == [] and h.requests_to(h.create) == []
+
+
+# -- a machine made by hand under the same name -------------------------------------------------------------
+def made_by_hand(h) -> str:
+    """An instance named like the project's, made outside ferry (no ferry-project label), through the same API."""
+    from ferry import providers
+    from ferry.config import Settings
+    from ferry.records import InstanceSpec
+
+    cloud = providers.get(h.name, Settings.of(None)).provider  # the bare provider: no registry rules applied
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHRlc3RrZXl0ZXN0a2V5dGVzdGtleXRlc3RrZXkxMjM0 someone"
+    return cloud.create(InstanceSpec(name="proj", provider=h.name, gpu=h.gpu[1], gpu_count=1, public_key=key)).id
+
+
+@providers(*CLOUDS)
+def test_a_same_named_instance_made_by_hand_is_never_adopted(h):
+    theirs = made_by_hand(h)
+    h.cli.ok(*h.launch)
+    ours = h.state()["instances"]["proj"]["id"]
+    assert ours != theirs and sorted(h.ids()) == sorted([theirs, ours]), "ferry made its own"
+    h.cli.ok("terminate", "--yes")
+    assert h.ids() == [theirs], "and terminated only its own"
+
+
+# -- retries: bounded in count and time, never sooner than Retry-After ----------------------------------------
+@providers(*CLOUDS)
+def test_retries_are_bounded_in_count_and_time(h, monkeypatch):
+    monkeypatch.setenv("INVOKE_FERRY_RETRY_BASE", "0.01")  # the real schedule, made quick
+    monkeypatch.setenv("INVOKE_FERRY_RETRY_CAP", "0.05")
+    before = len(h.fake.requests)
+    h.fake.fail_next(503, times=100)
+    started = time.monotonic()
+    failed(h.cli(*h.launch))
+    tried = h.fake.requests[before:]
+    assert len(tried) == 6, [r.route for r in tried]  # ferry.retry.attempts
+    assert tried[-1].time - tried[0].time < 5 and time.monotonic() - started < 30
+    assert h.ids() == []
+
+
+@providers("vast", "thunder", "ec2")  # RunPod's SDK drops the status and headers of a failed answer
+def test_retry_after_is_a_floor(h, monkeypatch):
+    monkeypatch.setenv("INVOKE_FERRY_RETRY_BASE", "0.01")
+    monkeypatch.setenv("INVOKE_FERRY_RETRY_CAP", "0.05")
+    before = len(h.fake.requests)
+    h.fake.fail_next(429, headers={"Retry-After": "1"})
+    h.cli.ok(*h.launch)
+    first, second = h.fake.requests[before:before + 2]
+    assert second.time - first.time >= 1.0, "the server asked for a second"

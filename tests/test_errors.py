@@ -78,7 +78,7 @@ def test_changed_host_key_is_refused_with_the_fix(launched, home):
     fake = "AAAAC3NzaC1lZDI1NTE5AAAAIG8mD3Ws2sYrkJk8i1o1rWb0Q1m3oY6kq3bq2o9yWQ2R"
     path.write_text(re.sub(r"ssh-ed25519 \S+", f"ssh-ed25519 {fake}", path.read_text()))
     err = assert_one_line_error(launched("run", "true"))
-    assert "host key" in err and "ssh-keygen -R" in err
+    assert "host key" in err and "pin-host-key --name proj" in err
     # Fabric (paramiko) enforces the same pin.
     import paramiko
 

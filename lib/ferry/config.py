@@ -39,6 +39,9 @@ GENERAL_DEFAULTS: dict[str, Any] = {
     "download": {"max_size": "2G", "include": [], "exclude": []},  # `run` first syncs a project that changed since the last sync (no network when it did not)  # job directories kept on an instance (the newest; a running job is never removed)
     "ssh_config": None,  # OpenSSH client config for every ssh ferry runs (-F); default: OpenSSH's ~/.ssh/config
     "hosts": {},  # the ssh provider: name -> "user@host:port" or an ssh_config alias
+    # Cloud API calls that fail transiently (429, 5xx, timeouts) are retried: at most `attempts` times within
+    # `budget` seconds, waiting U(0, min(cap, base * 2^n)) and never less than the server's Retry-After.
+    "retry": {"attempts": 6, "budget": 60.0, "base": 0.5, "cap": 8.0},
     "providers": {},  # per provider: its module's DEFAULTS < this block < INVOKE_FERRY_PROVIDERS_<NAME>_<KEY>
 }
 PROJECT_MARKERS = (".ferry", "tasks.py", ".git")

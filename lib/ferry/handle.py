@@ -202,6 +202,26 @@ class Box:
 
         return forward.forward(self, remote_port, local_port, on_ready=on_ready)
 
+    def pin_host_key(self, confirm: Callable[[str, str | None, bool], bool]) -> bool:
+        """See the key the instance presents and pin it for this instance; False if ``confirm`` said no.
+
+        ``confirm(new fingerprint, old fingerprint or None, vouched)`` decides;
+        ``vouched`` is True when the provider itself reports that same key.
+        Nothing is created, started or changed on the instance.
+        """
+        from . import known_hosts
+        from .sshkey import KeyLine
+
+        self.remote.close()
+        presented = KeyLine.parse(self.remote.presented_host_key())
+        old = known_hosts.pinned(self.instance.ssh, self.settings.home)
+        reported = (self.cloud().get(self.instance.id) or self.instance).raw.get("host_key")
+        vouched = bool(reported) and presented.same_key(reported)
+        if not confirm(presented.fingerprint(), KeyLine.parse(old).fingerprint() if old else None, vouched):
+            return False
+        known_hosts.pin(self.instance.ssh, presented.bare, self.settings.home)
+        return True
+
     # -- power ---------------------------------------------------------------------------------
     def refresh(self) -> "Box":
         """Ask the provider for the instance's present state (TERMINATED when gone) and record it."""

@@ -157,16 +157,15 @@ class Remote:
                 and not known_hosts.pinned(self.endpoint, self.home):
             return HostKeyError(
                 f"no pinned host key for {self.instance.name} ({name})",
-                hint=f"pin it by reconnecting through ferry: {cmd(self._relaunch())}",
+                hint=f"see its key and pin it: {cmd(f'pin-host-key --name {self.instance.name}')}",
             )
         if "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr or "Host key verification failed" in stderr:
             return HostKeyError(
                 f"the host key of {self.instance.name} ({name}) does not match the one ferry pinned",
                 hint=(
-                    "if the instance was rebuilt, forget the old key: "
-                    f"ssh-keygen -R {shlex.quote(name)} -f {shlex.quote(str(self.known_hosts))} ; "
-                    f"then pin the new one: {cmd(self._relaunch())} ; "
-                    "otherwise someone may be intercepting the connection"
+                    f"if {self.instance.name} was rebuilt, see its new key and pin it: "
+                    f"{cmd(f'pin-host-key --name {self.instance.name}')}; otherwise someone may be intercepting "
+                    "the connection"
                 ),
             )
         lines = [l for l in stderr.strip().splitlines() if l.strip()]
@@ -176,9 +175,26 @@ class Remote:
             hint=f"check it is running: {cmd(f'status --name {self.instance.name}')}",
         )
 
-    def _relaunch(self) -> str:
-        """The launch that reconnects to this very instance (without --provider it would make a new local one)."""
-        return f"launch --name {self.instance.name} --provider {self.instance.provider}"
+    def presented_host_key(self, timeout: float = 30) -> str:
+        """The key the instance presents now, as ``type base64``: learned by one authenticated ``true`` against
+        an empty, throw-away known_hosts (so through the user's ProxyJump/ssh_config too), never pinned here."""
+        with tempfile.TemporaryDirectory(prefix="ferry-hk-") as scratch:
+            scratch_file = Path(scratch) / "known_hosts"
+            argv = [arg if not arg.startswith(("UserKnownHostsFile=", "StrictHostKeyChecking=", "ControlPath="))
+                    else {"U": f"UserKnownHostsFile={scratch_file}", "S": "StrictHostKeyChecking=accept-new",
+                          "C": "ControlPath=none"}[arg[0]] for arg in self.ssh_argv()]
+            try:
+                proc = subprocess.run(argv + ["true"], stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                raise SSHError(f"{self.instance.name} did not answer within {timeout:.0f}s",
+                               hint=f"check it is running: {cmd(f'status --name {self.instance.name}')}") from None
+            if proc.returncode == 255 or not scratch_file.exists():
+                raise self.classify_failure(proc.stderr.decode(errors="replace"))
+            for line in scratch_file.read_text().splitlines():
+                fields = line.split()
+                if len(fields) >= 3:
+                    return f"{fields[1]} {fields[2]}"
+        raise SSHError(f"{self.instance.name} presented no host key", hint=f"look at it: {cmd('doctor')}")
 
     def check(self, timeout: float = 20) -> None:
         """One authenticated ``true``: proves key, host key and shell all work (and pins on first contact)."""

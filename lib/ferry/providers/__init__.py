@@ -86,7 +86,17 @@ def get(name: str, settings: "Settings", overrides: Mapping[str, Any] | None = N
         block = {**block, "hosts": settings.hosts, "ssh_config": block.get("ssh_config") or settings.ssh_config}
     cfg = ProviderConfig(name=name, settings=block, api_key=lambda: apikeys.key(settings, name),
                          project=settings.project, home=settings.home)
-    return Cloud(mod.make(cfg), mod, getattr(mod, "RETRY", None))
+    return Cloud(mod.make(cfg), mod, getattr(mod, "RETRY", None) or _policy(settings))
+
+
+def _policy(settings: "Settings") -> "backoff.Policy":
+    from .. import backoff
+
+    tuned = dict(settings.data.get("retry") or {})
+    base = backoff.DEFAULT
+    return backoff.Policy(attempts=int(tuned.get("attempts") or base.attempts),
+                          budget=float(tuned.get("budget") or base.budget),
+                          base=float(tuned.get("base") or base.base), cap=float(tuned.get("cap") or base.cap))
 
 
 class Cloud:

@@ -148,6 +148,32 @@ def ssh_(c, name=None, print_=False):
         raise Exit(code=code)
 
 
+@ferry_task(name="pin-host-key", help={"name": NAME_HELP,
+                                      "yes": "pin the key it presents without asking (after reading its fingerprint)"})
+def pin_host_key(c, name=None, yes=False):
+    """Show the host key an instance presents now and pin it (after a rebuild); creates nothing."""
+    from .. import output
+    from ..errors import UsageError, cmd
+    from ..handle import get as get_box
+
+    box = get_box(c, name)
+    said = {}
+
+    def confirm(new: str, old: str | None, vouched: bool) -> bool:
+        output.note(f"{box.name} presents {new}" + (f"; ferry had pinned {old}" if old and old != new else "")
+                    + (f" ({box.provider} reports the same key)" if vouched else ""))
+        said["same"] = old == new
+        if old == new or vouched or yes:
+            return True
+        if output.confirm(f"pin {new} for {box.name}?"):
+            return True
+        raise UsageError(f"not pinned: check {new} against {box.name}'s console first",
+                         hint=f"then pin it: {cmd(f'pin-host-key --name {box.name} --yes')}")
+
+    box.pin_host_key(confirm)
+    output.note(f"{box.name}'s host key was already pinned" if said.get("same") else f"pinned {box.name}'s host key")
+
+
 @ferry_task(help={"name": NAME_HELP, "yes": "stop even though jobs are running (they end and read 'lost')"})
 def stop(c, name=None, yes=False):
     """Stop the instance, keeping its disk (jobs running on it end and read 'lost')."""

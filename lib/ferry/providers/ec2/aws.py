@@ -49,7 +49,13 @@ def translate(exc: Exception, what: str) -> Exception:
         message = str(error.get("Message") or code or "no reason given")
         status = int((exc.response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0)
         if code in TRANSIENT_CODES or status == 429 or status >= 500:
-            return TransientError(f"EC2 {what} failed ({code or status}): {message}")
+            headers = (exc.response.get("ResponseMetadata") or {}).get("HTTPHeaders") or {}
+            try:
+                retry_after = min(30.0, max(0.0, float(headers.get("retry-after", "")))) if headers.get("retry-after") \
+                    else None
+            except ValueError:
+                retry_after = None  # an HTTP date: the backoff schedule is good enough
+            return TransientError(f"EC2 {what} failed ({code or status}): {message}", retry_after=retry_after)
         if code in AUTH_CODES:
             return AWSError(f"AWS refused to {what}: {message}", code,
                             hint="check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or your AWS profile) "
