@@ -29,10 +29,10 @@ def test_offers_span_all_four_clouds_cheapest_first(clouds, ferry):
     assert prices == sorted(prices)
     assert not any(o["spot"] for o in everything)
 
-    h100 = json.loads(ferry.ok("offers", "--gpu", "H100", "--count", "8", "--json").stdout)
+    h100 = json.loads(ferry.ok("offers", "--gpu", "H100", "--gpus", "8", "--json").stdout)
     assert {o["provider"] for o in h100} >= {"vast", "ec2"}
     assert all(o["gpu_count"] == 8 for o in h100)
-    table = ferry.ok("offers", "--gpu", "H100", "--count", "8").stdout
+    table = ferry.ok("offers", "--gpu", "H100", "--gpus", "8").stdout
     assert table.splitlines()[0].split() == ["PROVIDER", "GPU", "COUNT", "$/H", "KIND", "REGION"]
 
 

@@ -148,3 +148,23 @@ def test_colour_on_a_terminal_and_never_with_no_color(launched, project):
     assert "\x1b[" not in launched.ok("ls").stdout, "plain into a pipe"
     err = _on_a_terminal(project, "logs", "-j", "nope")
     assert "\x1b[1;31merror: " in err or "\x1b[31;1merror: " in err or ("\x1b[" in err and "error: " in err)
+
+
+def test_one_meaning_per_flag_letter_and_flags_say_what_they_take(ferry):
+    from ferry.tasks import ns
+
+    for name, task in ns.tasks.items():
+        for arg in task.get_arguments():
+            shorts = [n for n in arg.names if len(n) == 1]
+            if "j" in shorts:
+                assert arg.name == "job", (name, arg.names)
+            assert arg.name != "json" or not shorts, f"--json has no short form ({name})"
+            assert arg.name not in ("gpu_count", "gpu-count"), f"{name}: the GPU count is --gpus everywhere"
+        shown = ferry.ok("--help", name).stdout
+        assert "STRING" not in shown and "=INT" not in shown, shown
+    assert {"gpus"} <= {a.name for a in ns.tasks["offers"].get_arguments()}
+    assert {"gpus", "count"} <= {a.name for a in ns.tasks["launch"].get_arguments()}
+    top = ferry.ok("--help").stdout
+    assert "--echo" not in top and "--pty" not in top and "--debug" in top
+    listed = ferry.ok("--list").stdout
+    assert listed.index("Instances:") < listed.index("Files:") < listed.index("Jobs:") < listed.index("Clouds:")

@@ -81,7 +81,7 @@ def test_unknown_gpu_lists_the_known_ones():
         gpus.resolve("A10G", "runpod")
 
 
-@pytest.mark.parametrize("flags", [["--gpu-count", "two"], ["--disk", "-5"], ["--ports", "80,http"], ["--count", "0"]])
+@pytest.mark.parametrize("flags", [["--gpus", "two"], ["--disk", "-5"], ["--ports", "80,http"], ["--count", "0"]])
 def test_bad_launch_flags_are_usage_errors(ferry, home, flags):
     assert_one_line_error(ferry("launch", *flags), code=2)
     assert not (home / ".ferry" / "local").exists()

@@ -106,7 +106,7 @@ def test_no_traceback_for_a_corrupt_state_file(ferry, project):
     assert (project / ".ferry" / "state.json").read_text() == "{not json", "nothing overwritten"
 
 
-@pytest.mark.parametrize("argv", [["launch", "--bogus"], ["nosuchtask"], ["run"], ["offers", "--count", "x"],
+@pytest.mark.parametrize("argv", [["launch", "--bogus"], ["nosuchtask"], ["run"], ["offers", "--gpus", "x"],
                                   ["launch", "--launch-timeout", "5q"]])
 def test_bad_usage_exits_2_with_one_line(ferry, argv):
     assert_one_line_error(ferry(*argv), code=2)

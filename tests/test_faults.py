@@ -346,7 +346,7 @@ def test_no_sync_path_deletes_a_file_only_the_instance_has(launched, project, ho
 
 # -- 10. bad flag values are usage errors, and every error line has its hint ---------------------------------
 @pytest.mark.parametrize("argv,code", [
-    (["launch", "--provider", "nosuch"], 2), (["launch", "--name", "bad/name"], 2), (["launch", "--gpu-count", "abc"], 2),
+    (["launch", "--provider", "nosuch"], 2), (["launch", "--name", "bad/name"], 2), (["launch", "--gpus", "abc"], 2),
     (["launch", "--launch-timeout", "soon"], 2), (["launch", "--gpu", "H100X", "--provider", "vast"], 2),
     (["offers", "--gpu", "H100X"], 2), (["run", "--timeout", "x", "true"], 2), (["download", "--path", "../up"], 2),
 ])

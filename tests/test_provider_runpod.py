@@ -49,7 +49,7 @@ def queries(fake, op: str) -> list[str]:
 
 # -- the pod as RunPod sees it ---------------------------------------------------------------
 def test_the_pod_carries_ferrys_settings_and_resumes_with_its_own_gpu_count(fake, cli, home):
-    cli.ok("launch", "--provider", "runpod", "--gpu", "RTX4090", "--gpu-count", "2", "--disk", "30",
+    cli.ok("launch", "--provider", "runpod", "--gpu", "RTX4090", "--gpus", "2", "--disk", "30",
            "--ports", "8188")
     pod = only_pod(fake)
     # The pod as RunPod sees it: ferry's name, key, labels, ports with 22/tcp, a public IP.

@@ -150,7 +150,7 @@ def test_modify_refuses_to_shrink_the_disk_and_grows_it(fake, cli):
     assert fake.requests_to("/modify") == []  # refused before the API was asked
 
     fake.set_delay_until_ready(0.6)  # the instance reads MODIFYING for a while: ferry waits for it
-    proc = cli.inv("modify", "--disk", "200", "--cpu", "8", "--gpu-count", "2", "--json")
+    proc = cli.inv("modify", "--disk", "200", "--cpu", "8", "--gpus", "2", "--json")
     assert json.loads(fake.requests_to("/modify")[0].raw) == {"disk_size_gb": 200, "cpu_cores": 8, "num_gpus": 2}
     _, inst = only_instance(fake)
     assert (inst["storage"], inst["cpuCores"], inst["numGpus"]) == (200, "8", "2")
@@ -165,7 +165,7 @@ def test_clone_makes_a_second_instance_with_the_override(fake, cli, home, projec
     launch(cli, "--disk", "150",
            env={"INVOKE_FERRY_PROVIDERS_THUNDER_CPU_CORES": "8", "INVOKE_FERRY_PROVIDERS_THUNDER_MODE": "production"})
     source_id, _ = only_instance(fake)
-    proc = cli.inv("clone", "--to", "proj-big", "--gpu-count", "2")
+    proc = cli.inv("clone", "--to", "proj-big", "--gpus", "2")
     assert "proj-big is ready" in proc.stderr
     assert len(fake.instances) == 2
     (clone_id,) = [i for i in fake.instances if i != source_id]

@@ -10,6 +10,7 @@ and exit status 2 (``inv`` itself exits 1 there).
 
 from __future__ import annotations
 
+import inspect
 import sys
 
 from invoke import Program
@@ -33,7 +34,51 @@ def _interruptible(step):
     return run_step
 
 
+# Invoke's core flags that mean something to a ferry user; the rest (--echo, --pty, --hide, ...) steer
+# Invoke's own shell runner, which ferry's tasks never use, and stay out of `ferry --help`.
+SHOWN_CORE_FLAGS = ("--complete", "--debug", "--help", "--list", "--print-completion-script", "--version", "--config")
+# The task list, by what each task is about (the module that holds it).
+GROUPS = (("instances", "Instances"), ("files", "Files"), ("jobs", "Jobs"), ("clouds", "Clouds"),
+          ("reshape", "Reshaping (where the cloud can)"))
+
+
 class FerryProgram(Program):
+    def print_help(self) -> None:
+        print(f"Usage: {self.binary} [--core-opts] <task> [--task-opts] ...  (tasks chain: ferry launch sync run CMD)")
+        print("")
+        print("Core options:")
+        print("")
+        self.print_columns([t for t in self.initial_context.help_tuples() if t[0].split(",")[-1].split("=")[0]
+                            .strip().split("[")[0] in SHOWN_CORE_FLAGS])
+        self.list_tasks()
+
+    def list_flat(self) -> None:
+        """The task list in groups (instances, files, jobs, clouds), each task with its first docstring line."""
+        by_group: dict[str, list] = {}
+        for name, task in sorted(self.scoped_collection.tasks.items()):
+            module = getattr(task.body, "__module__", "").rsplit(".", 1)[-1]
+            by_group.setdefault(module if module in dict(GROUPS) else "", []).append(
+                (name, (task.help or inspect.getdoc(task.body) or "").strip().splitlines()[0]
+                 if (task.help or task.body.__doc__) else ""))
+        print("Tasks:\n")
+        for key, title in (*GROUPS, ("", "Yours")):
+            if by_group.get(key):
+                print(f"  {title}:")
+                self.print_columns([(f"  {name}", text) for name, text in by_group[key]])
+
+    def print_columns(self, tuples) -> None:
+        """Flags with what they take (``--timeout=DURATION``), not Invoke's ``STRING``/``INT``."""
+        from .tasks._common import METAVARS
+
+        shown = []
+        for spec, text in tuples:
+            if spec.lstrip().startswith("-") and ("STRING" in spec or "INT" in spec):
+                long = next((part.strip() for part in spec.split(",") if part.strip().startswith("--")), "")
+                flag = long.lstrip("-").split("=")[0].split("[")[0]
+                spec = spec.replace("STRING", METAVARS.get(flag, "VALUE")).replace("INT", METAVARS.get(flag, "N"))
+            shown.append((spec, text))
+        super().print_columns(shown)
+
     def create_config(self) -> None:
         self.config = self.config_class(project_location=str(project_root()))
         self.config.load_project()

@@ -7,10 +7,39 @@ import os
 import sys
 import traceback
 
+from invoke import Task
 from invoke import task as invoke_task
 from invoke.exceptions import Exit
 
 NAME_HELP = "instance name (default: the project's current instance)"
+
+# One meaning per letter, in every task: only these flags have a short form.
+SHORT_FLAGS = {"job": "j", "name": "n", "follow": "f", "env": "e", "yes": "y", "verbose": "v", "provider": "p",
+               "gpu": "g", "tail": "t"}
+# What each value flag takes, for --help (Invoke would say STRING or INT).
+METAVARS = {"name": "NAME", "job": "JOB", "provider": "PROVIDER", "gpu": "GPU", "gpus": "N", "count": "N",
+            "image": "IMAGE", "disk": "GB", "volume": "GB", "ports": "PORTS", "max-price": "DOLLARS", "region": "REGION",
+            "launch-timeout": "DURATION", "timeout": "DURATION", "wait-timeout": "DURATION", "wait-for": "REGEX",
+            "env": "KEY=VALUE", "cwd": "DIR", "label": "LABEL", "then": "stop|terminate", "path": "PATH",
+            "backup-dir": "DIR", "include": "PATTERN", "exclude": "PATTERN", "delete": "sent|never",
+            "credentials": "DIR", "signal": "SIGNAL", "tail": "N", "port": "PORT[:LOCAL]", "cpu": "N", "to": "NAME",
+            "id": "ID", "command": "COMMAND"}
+
+
+class FerryTask(Task):
+    """Invoke's Task, with ferry's short flags (SHORT_FLAGS only) instead of first-free-letter ones."""
+
+    def arg_opts(self, name, default, taken_names):
+        auto, self.auto_shortflags = self.auto_shortflags, False
+        try:
+            opts = super().arg_opts(name, default, taken_names)
+        finally:
+            self.auto_shortflags = auto
+        short = SHORT_FLAGS.get(name)
+        if short and short not in taken_names:
+            opts["names"].append(short)
+        return opts
+
 JOB_HELP = "the job: its number, its label, or the start of its id (default: the latest job)"
 
 
@@ -47,7 +76,7 @@ def ferry_task(*args, **kwargs):
                 # Invoke would turn this into a silent exit 1; an interrupted command exits 130.
                 raise Exit(code=130) from None
 
-        made = invoke_task(*args, **kwargs)(wrapper)
+        made = invoke_task(*args, klass=FerryTask, **kwargs)(wrapper)
         return made
 
     if len(args) == 1 and callable(args[0]) and not kwargs:

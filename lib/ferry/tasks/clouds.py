@@ -6,16 +6,17 @@ from ._common import ferry_task
 
 
 @ferry_task(help={"gpu": "GPU alias (H100, A100, RTX4090, ...) or a provider's exact id",
-                  "count": "GPUs per instance", "spot": "spot/interruptible offers instead of on-demand",
+                  "gpus": "GPUs per instance", "spot": "spot/interruptible offers instead of on-demand",
                   "json": "print one JSON document"})
-def offers(c, gpu=None, count=None, spot=False, json=False):
+def offers(c, gpu=None, gpus=None, spot=False, json=False):
     """Prices for a GPU across the configured clouds, cheapest first."""
-    from .. import clouds, flags, gpus, output
+    from .. import clouds, flags, output
+    from .. import gpus as aliases
     from ..config import Settings
 
-    gpu_count = flags.count(count, "--count") or 1
+    gpu_count = flags.count(gpus, "--gpus") or 1
     if gpu:
-        gpus.check(gpu)
+        aliases.check(gpu)
     skipped: dict[str, str] = {}
     found = clouds.offers(Settings.of(c), gpu, gpu_count, spot=spot, skipped=skipped)
     if json:
@@ -23,7 +24,7 @@ def offers(c, gpu=None, count=None, spot=False, json=False):
     elif found:
         output.table(
             ["PROVIDER", "GPU", "COUNT", "$/H", "KIND", "REGION"],
-            [[o.provider, gpus.alias_for(o.gpu) or "-", o.gpu_count, f"{o.cost_per_hour:.3f}",
+            [[o.provider, aliases.alias_for(o.gpu) or "-", o.gpu_count, f"{o.cost_per_hour:.3f}",
               "spot" if o.spot else "on-demand", o.region or "-"] for o in found], right=("$/H",),
         )
     else:

@@ -11,7 +11,7 @@ LAUNCH_HELP = {
     "name": "instance name (default: the project directory's name)",
     "provider": "local, ssh, runpod, vast, thunder, ec2, or auto (cheapest offer for --gpu among clouds with keys)",
     "gpu": "GPU alias (H100, A100, L40S, RTX4090, T4, ...) or the provider's exact id",
-    "gpu-count": "GPUs per instance (default 1 when --gpu is given)",
+    "gpus": "GPUs per instance (default 1 when --gpu is given)",
     "image": "container image (RunPod, vast) or AMI id (EC2)",
     "disk": "disk size in GB",
     "volume": "persistent volume size in GB (RunPod)",
@@ -19,7 +19,7 @@ LAUNCH_HELP = {
     "spot": "interruptible/spot capacity where the cloud has it",
     "max-price": "highest $/hour per GPU to bid for spot",
     "region": "region or data centre",
-    "count": "launch N instances named <name>-0 .. <name>-N-1",
+    "count": "launch N instances named <name>-0 .. <name>-N-1 (a fleet)",
     "launch-timeout": "how long to wait until the instance answers ssh (600, 90s, 10m); then it is terminated",
     "json": "print one JSON document",
 }
@@ -46,7 +46,7 @@ def as_json(i, current: str | None = None) -> dict:
 
 
 @ferry_task(help=LAUNCH_HELP)
-def launch(c, name=None, provider=None, gpu=None, gpu_count=None, image=None, disk=None, volume=None, ports=None,
+def launch(c, name=None, provider=None, gpu=None, gpus=None, image=None, disk=None, volume=None, ports=None,
            spot=False, max_price=None, region=None, count=None, launch_timeout=None, json=False):
     """Create, start or reuse an instance (or --count of them) and make it the project's current one."""
     from .. import flags, lifecycle, output, providers
@@ -58,7 +58,7 @@ def launch(c, name=None, provider=None, gpu=None, gpu_count=None, image=None, di
         check_name(name)
     spec = InstanceSpec(
         name=name or "", provider=provider or "", gpu=gpu,
-        gpu_count=flags.count(gpu_count, "--gpu-count") or (1 if gpu else 0), image=image,
+        gpu_count=flags.count(gpus, "--gpus") or (1 if gpu else 0), image=image,
         disk_gb=flags.count(disk, "--disk"), spot=bool(spot), max_price=flags.number(max_price, "--max-price"),
         region=region, ports=flags.ports(ports), volume_gb=flags.count(volume, "--volume"),
     )

@@ -31,7 +31,7 @@ def _detached(job_id, extra: str = ""):
     return Exit(code=130)
 
 
-@ferry_task(iterable=["env"], auto_shortflags=False, help={  # auto short flags would hand --then-always "-_"
+@ferry_task(iterable=["env"], help={
     "command": "the shell command to run in the workdir",
     "name": NAME_HELP,
     "detach": "print the job id and return at once",

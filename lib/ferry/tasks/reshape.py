@@ -27,19 +27,19 @@ def _report(box, json: bool) -> None:
     "name": NAME_HELP,
     "cpu": "vCPU cores",
     "gpu": "GPU alias (T4, A100, H100, ...) or the provider's id",
-    "gpu-count": "number of GPUs",
+    "gpus": "number of GPUs",
     "disk": "disk size in GB; disks only grow",
     "ports": "HTTP ports to open, comma-separated",
     "timeout": "how long to wait until it answers ssh again (600, 90s, 10m)",
     "json": "print one JSON document",
 })
-def modify(c, name=None, cpu=None, gpu=None, gpu_count=None, disk=None, ports=None, timeout=None, json=False):
+def modify(c, name=None, cpu=None, gpu=None, gpus=None, disk=None, ports=None, timeout=None, json=False):
     """Resize an instance in place (it restarts); the disk can only grow."""
     from .. import flags
     from ..handle import get as get_box
 
     box = get_box(c, name).modify(
-        cpu=flags.count(cpu, "--cpu"), gpu=gpu, gpu_count=flags.count(gpu_count, "--gpu-count"),
+        cpu=flags.count(cpu, "--cpu"), gpu=gpu, gpu_count=flags.count(gpus, "--gpus"),
         disk=flags.count(disk, "--disk"), ports=flags.ports(ports), timeout=flags.duration(timeout, "--timeout"),
     )
     _report(box, json)
@@ -50,12 +50,12 @@ def modify(c, name=None, cpu=None, gpu=None, gpu_count=None, disk=None, ports=No
     "name": "instance to copy (default: the project's current instance)",
     "cpu": "vCPU cores (default: the source's)",
     "gpu": "GPU alias or the provider's id (default: the source's)",
-    "gpu-count": "number of GPUs (default: the source's)",
+    "gpus": "number of GPUs (default: the source's)",
     "disk": "disk size in GB (default: the source's)",
     "launch-timeout": "how long to wait until it answers ssh (600, 90s, 10m); then it is terminated",
     "json": "print one JSON document",
 })
-def clone(c, to=None, name=None, cpu=None, gpu=None, gpu_count=None, disk=None, launch_timeout=None, json=False):
+def clone(c, to=None, name=None, cpu=None, gpu=None, gpus=None, disk=None, launch_timeout=None, json=False):
     """A new instance configured like this one, with overrides (the disk's files are not copied)."""
     from .. import flags, output
     from ..handle import get as get_box
@@ -63,7 +63,7 @@ def clone(c, to=None, name=None, cpu=None, gpu=None, gpu_count=None, disk=None, 
     source = get_box(c, name)
     box = source.clone(
         to or f"{source.name}-clone", cpu=flags.count(cpu, "--cpu"), gpu=gpu,
-        gpu_count=flags.count(gpu_count, "--gpu-count"), disk=flags.count(disk, "--disk"),
+        gpu_count=flags.count(gpus, "--gpus"), disk=flags.count(disk, "--disk"),
         timeout=flags.duration(launch_timeout, "--launch-timeout"),
     )
     _report(box, json)
