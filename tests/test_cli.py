@@ -168,3 +168,34 @@ def test_one_meaning_per_flag_letter_and_flags_say_what_they_take(ferry):
     assert "--echo" not in top and "--pty" not in top and "--debug" in top
     listed = ferry.ok("--list").stdout
     assert listed.index("Instances:") < listed.index("Files:") < listed.index("Jobs:") < listed.index("Clouds:")
+
+
+def test_ssh_config_entries_let_plain_ssh_and_rsync_reach_instances(launched, project, home):
+    written = home / ".ferry" / "ssh_config"
+    assert "Host proj" in written.read_text(), "launch wrote the entry"
+    ssh = ["ssh", "-F", str(written), "-o", "BatchMode=yes"]
+    assert subprocess.run([*ssh, "proj", "echo via-alias"], capture_output=True, text=True, timeout=30).stdout == \
+        "via-alias\n"
+    launched.ok("sync")
+    got = home / "got.py"
+    subprocess.run(["rsync", "-e", " ".join(ssh), "proj:~/proj/train.py", str(got)], check=True, timeout=30)
+    assert got.read_text() == (project / "train.py").read_text()
+    proc = launched.ok("ssh-config", "--install")
+    user_config = home / ".ssh" / "config"
+    assert f"Include {written}" in proc.stderr and user_config.read_text().startswith(f"Include {written}\n")
+    launched.ok("ssh-config", "--install")
+    assert user_config.read_text().count("Include") == 1, "once"
+    assert subprocess.run(["ssh", "-F", str(user_config), "-o", "BatchMode=yes", "proj", "true"],
+                          timeout=30).returncode == 0
+    launched.ok("terminate", "--yes")
+    assert "Host proj" not in written.read_text(), "terminate removed it"
+
+
+def test_money_and_surprises_are_said(ferry, project):
+    proc = ferry.ok("launch", "--name", "a", "--gpu", "A100")
+    assert "warning: local instances have no GPUs; --gpu A100 is ignored there" in proc.stderr
+    err = assert_one_line_error(ferry("offers", "--gpu", "H100X"), code=2)
+    assert "did you mean H100" in err
+    assert "current instance" not in proc.stderr, "the first instance is no change"
+    proc = ferry.ok("launch", "--name", "b")
+    assert "the project's current instance is now b (was a)" in proc.stderr

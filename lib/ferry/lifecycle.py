@@ -14,7 +14,7 @@ import copy
 import logging
 from typing import TYPE_CHECKING, Any, Sequence
 
-from . import bootstrap, providers, sshkey
+from . import bootstrap, providers, sshconfig, sshkey
 from .handle import Box
 from .config import Settings
 from .errors import FerryError, NoInstanceError, UsageError, cmd
@@ -72,6 +72,7 @@ def launch(c: "Context | Settings | None" = None, *, name: str | None = None, pr
     before = state.current_name()
     if state.record(handle.instance, make_current=make_current) and before:
         log.info("the project's current instance is now %s (was %s)", handle.name, before)
+    sshconfig.remember(handle)
     return handle
 
 
@@ -276,6 +277,7 @@ def start(handle: Box, timeout: float | None = None) -> Box:
     _record(handle, cloud.start(handle.instance.id))
     bootstrap.wait_until_reachable(handle, cloud, timeout or handle.settings.launch_timeout)
     handle.instance = bootstrap.install(handle, cloud)
+    sshconfig.remember(handle)  # a started instance may answer at a new address
     return _record(handle, handle.instance)
 
 
@@ -289,6 +291,7 @@ def terminate(handle: Box) -> None:
         known_hosts.forget(handle.instance.ssh, handle.settings.home)
     cloud.terminate(handle.instance.id)
     project_state(handle.settings).forget(handle.name)
+    sshconfig.forget(handle)
 
 
 # -- reshaping: in place, or as a new instance like this one ----------------------------------------

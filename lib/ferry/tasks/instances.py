@@ -174,6 +174,35 @@ def pin_host_key(c, name=None, yes=False):
     output.note(f"{box.name}'s host key was already pinned" if said.get("same") else f"pinned {box.name}'s host key")
 
 
+@ferry_task(name="ssh-config", help={"install": "add an Include of ~/.ferry/ssh_config to ~/.ssh/config (shown first)",
+                                    "print": "print the file's entries"})
+def ssh_config(c, install=False, print_=False):
+    """Host entries for this project's instances in ~/.ferry/ssh_config, so `ssh NAME` and editors reach them."""
+    from pathlib import Path
+
+    from .. import output, sshconfig
+    from ..config import Settings
+    from ..errors import cmd
+    from ..handle import Box
+    from ..store import ProjectState
+
+    settings = Settings.of(c)
+    for instance in ProjectState(settings.project_dir).instances():
+        sshconfig.remember(Box(settings, instance))  # entries from before, or after an address moved
+    written = sshconfig.path(settings.home)
+    if print_:
+        print(written.read_text() if written.exists() else "", end="")
+    if install:
+        user_config = Path.home() / ".ssh" / "config"
+        output.note(f"adding to {user_config}: {sshconfig.include_line(settings.home)}")
+        added = sshconfig.install(settings.home, user_config)
+        output.note("added; now `ssh NAME`, `rsync NAME:...` and VS Code Remote reach ferry's instances" if added
+                    else "it was there already")
+    elif not print_:
+        output.note(f"wrote {written}; use it with `ssh -F {written} NAME`, or include it in ~/.ssh/config: "
+                    f"{cmd('ssh-config --install')}")
+
+
 @ferry_task(help={"name": NAME_HELP, "yes": "stop even though jobs are running (they end and read 'lost')"})
 def stop(c, name=None, yes=False):
     """Stop the instance, keeping its disk (jobs running on it end and read 'lost')."""
