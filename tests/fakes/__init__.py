@@ -22,7 +22,28 @@ Fault knobs, on every fake (``FakeEC2`` too, through its proxy in front of moto)
   endpoint; ``set_never_ready(instance_id, flag)`` for one instance.
 - ``set_delay_until_ready(seconds)``: instances created or started from now on
   become ready that many seconds later (0 by default).
-- ``requests``: every request received (method, path, query, headers, body).
+- ``requests``: every request received (method, path, query, headers, body), each with
+  ``credential`` (whose key it carried, below) and ``status`` (the HTTP status answered;
+  None when the connection was dropped).
+
+Credentials. ``req.credential`` names the identity the request's key belongs to:
+``"account"`` (the account-wide API key), an instance-scoped key (``"pod:<id>"`` on
+RunPod, ``"container:<id>"`` on vast), or None (no key, or a key the fake does not know).
+It is recorded even when the request is then refused because the key's scope does not
+cover it (401), and on requests a fault knob answered. ``presented_key(req)`` is where
+a fake looks for the key (``Authorization: Bearer`` everywhere; RunPod and vast also take
+``?api_key=``), ``credential(req)`` maps it, ``authorized(req)`` decides.
+
+Self-stop. A machine stopping itself is answered first and goes down
+``self_stop_delay`` seconds later (0.5 by default; 0 = at once, before the answer), as
+a real instance keeps running for a moment after asking: so a caller inside the
+instance gets its answer. This applies to stop/terminate requests made with an
+instance-scoped key and to EC2's instance-initiated shutdown; the account key still
+stops at once. ``settle()`` carries out every pending one now (``stop()`` does too).
+
+Control routes. ``/__fake__/...`` on a fake's own server is test machinery, not a cloud
+API: it is recorded (credential None) but bypasses auth and the fault knobs.
+``FakeEC2`` has ``POST /__fake__/shutdown/<instance id>``; elsewhere such paths are 404.
 """
 
 from __future__ import annotations
@@ -60,6 +81,8 @@ class RecordedRequest:
     route: str = ""  # the route key fault knobs match against
     time: float = 0.0
     target: str = ""  # the request target as sent: path plus query string
+    credential: str | None = None  # "account", "pod:<id>", "container:<id>", or None (no/unknown key)
+    status: int | None = None  # the status answered (None: connection dropped, or not answered yet)
 
     def header(self, name: str, default: str | None = None) -> str | None:
         lowered = name.lower()
@@ -107,12 +130,14 @@ class Machine:
     powered: bool = True
     endpoint: Endpoint | None = None
     booted_at: float = 0.0
+    env: dict[str, str] = field(default_factory=dict)  # extra session env for its sshd (SshdPool.create)
 
 
 class FakeAPIServer:
     """Base of every fake: HTTP plumbing, request log, auth, fault knobs, machines."""
 
     name = "fake"
+    CONTROL_PREFIX = "/__fake__/"
 
     def __init__(self, pool: SshdPool, *, api_key: str = "test-key", host: str = "127.0.0.1"):
         self.pool = pool
@@ -122,6 +147,8 @@ class FakeAPIServer:
         self.machines: dict[str, Machine] = {}
         self.never_ready = False
         self.delay_until_ready = 0.0
+        self.self_stop_delay = 0.5
+        self._pending: dict[Any, tuple[threading.Timer | None, Any]] = {}
         self._never_ready_ids: dict[str, bool] = {}
         self._faults: list[_Fault] = []
         self._lost_creates: list[str] = []
@@ -147,6 +174,7 @@ class FakeAPIServer:
 
     def stop(self) -> None:
         """Stop serving and stop every instance's sshd (the pool's stop_all is the backstop)."""
+        self.settle()
         server, self._server = self._server, None
         if server is not None:
             server.shutdown()
@@ -212,6 +240,50 @@ class FakeAPIServer:
         with self._lock:
             return [r for r in self.requests if match in r.route]
 
+    # -- deferred power-offs (self-stop) -----------------------------------------
+    def _later(self, key: Any, action, delay: float | None = None) -> None:
+        """Run ``action()`` (under the fake's lock) ``delay`` seconds from now (``self_stop_delay``
+        by default); at once when that is 0. A new action for the same ``key`` replaces the old."""
+        delay = self.self_stop_delay if delay is None else float(delay)
+        with self._lock:
+            self.cancel_pending(key)
+            if delay <= 0:
+                action()
+                return
+            timer = threading.Timer(delay, self._fire, args=(key,))
+            timer.daemon = True
+            self._pending[key] = (timer, action)
+            timer.start()
+
+    def _fire(self, key: Any) -> None:
+        with self._lock:
+            entry = self._pending.pop(key, None)
+            if entry is not None:
+                entry[1]()
+
+    def cancel_pending(self, key: Any) -> bool:
+        """Forget a pending deferred action; True if there was one."""
+        with self._lock:
+            entry = self._pending.pop(key, None)
+            if entry is not None and entry[0] is not None:
+                entry[0].cancel()
+            return entry is not None
+
+    def pending(self) -> list[Any]:
+        """Keys of the deferred actions not carried out yet (e.g. ``("stop", "<id>")``)."""
+        with self._lock:
+            return list(self._pending)
+
+    def settle(self) -> None:
+        """Carry out every pending deferred action now (a self-stop in flight completes)."""
+        with self._lock:
+            while self._pending:
+                key = next(iter(self._pending))
+                timer, action = self._pending.pop(key)
+                if timer is not None:
+                    timer.cancel()
+                action()
+
     # -- machines ------------------------------------------------------------
     def _new_machine(self, instance_id: Any, keys: list[str]) -> Machine:
         now = time.monotonic()
@@ -226,10 +298,14 @@ class FakeAPIServer:
         if not machine.powered or machine.never_ready or time.monotonic() < machine.ready_at:
             return False
         if machine.endpoint is None:
-            machine.endpoint = self.pool.create(machine.keys, name=f"{self.name}-{machine.id}")
-        else:
-            self.pool.start(machine.endpoint)
+            machine.endpoint = self.pool.create(machine.keys, name=f"{self.name}-{machine.id}", env=machine.env,
+                                                start=False)
+            self._provision(machine)
+        self.pool.start(machine.endpoint)
         return True
+
+    def _provision(self, machine: Machine) -> None:
+        """Hook: the machine's files and session env are prepared, its sshd not started yet."""
 
     def _phase(self, machine: Machine) -> str:
         """``"off"``, ``"early"`` / ``"late"`` (first / second half of the boot delay), or ``"up"``."""
@@ -283,8 +359,21 @@ class FakeAPIServer:
     def is_create(self, req: RecordedRequest) -> bool:
         return False
 
+    def presented_key(self, req: RecordedRequest) -> str | None:
+        """The API key the request carries: ``Authorization: Bearer <key>``."""
+        auth = req.authorization
+        if auth and auth.startswith("Bearer "):
+            return auth[len("Bearer "):]
+        return None
+
+    def credential(self, req: RecordedRequest) -> str | None:
+        """Whose key the request carries: ``"account"`` or None (subclasses add instance-scoped keys)."""
+        key = self.presented_key(req)
+        return "account" if key is not None and key == self.api_key else None
+
     def authorized(self, req: RecordedRequest) -> bool:
-        return req.authorization == f"Bearer {self.api_key}"
+        """May ``req`` be performed? (``req.credential`` is set.) The account key may do everything."""
+        return req.credential == "account"
 
     def unauthorized(self, req: RecordedRequest) -> Response:
         return Response(401, {"error": "unauthorized", "message": "invalid or missing API key"})
@@ -295,10 +384,27 @@ class FakeAPIServer:
     def handle(self, req: RecordedRequest) -> Response:  # pragma: no cover - subclasses
         return Response(404, {"error": "not found"})
 
+    def control(self, req: RecordedRequest) -> Response:
+        """A ``/__fake__/...`` test-machinery request (no auth, no faults); none by default."""
+        return Response(404, {"error": "not_found", "message": f"no control route {req.method} {req.path}"})
+
     # -- dispatch ------------------------------------------------------------
     def _dispatch(self, req: RecordedRequest) -> Response:
+        response = self._answer(req)
+        req.status = None if response.drop else response.status
+        return response
+
+    def _answer(self, req: RecordedRequest) -> Response:
         with self._lock:
+            if req.path.startswith(self.CONTROL_PREFIX):
+                req.route = f"{req.method} {req.path}"
+                self.requests.append(req)
+                try:
+                    return self.control(req)
+                except Exception as exc:  # a bug in the fake: say so instead of hanging the client
+                    return Response(500, {"error": "fake_server_error", "message": f"{type(exc).__name__}: {exc}"})
             req.route = self.route_key(req)
+            req.credential = self.credential(req)
             self.requests.append(req)
             for fault in self._faults:
                 if fault.remaining > 0 and (fault.match is None or fault.match in req.route):

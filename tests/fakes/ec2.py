@@ -29,6 +29,36 @@ OpenSSH config mapping each running instance's ``PublicIpAddress`` and ``PublicD
 ``ssh -F <that file> <public ip>``. :meth:`endpoint` gives the same as an
 :class:`Endpoint`. moto keeps its state in process-global backends, so run one FakeEC2 at a
 time (start and stop reset moto).
+
+Instance-initiated shutdown (an instance stopping itself, no credentials on the box). On EC2
+``shutdown -h now`` in the instance makes EC2 apply the instance's
+``InstanceInitiatedShutdownBehavior`` (set by RunInstances, ``stop`` by default; moto
+records it and ``describe_instance_attribute`` reports it). Here:
+
+- ``POST /__fake__/shutdown/<instance id>`` on the fake's own server (test machinery, not an
+  AWS API; recorded in ``requests``, no auth, no fault knobs) answers 202
+  ``{"instanceId", "behavior", "delay"}`` and ``delay`` seconds later (body ``{"delay": s}``,
+  default ``self_stop_delay``) applies the behavior in moto, as EC2 would: ``stop`` ->
+  ``stopped`` (sshd powered off, as after StopInstances), ``terminate`` -> ``terminated``
+  (sshd removed); ``StateReason`` ``Client.InstanceInitiatedShutdown``; DisableApiStop and
+  DisableApiTermination do not apply (they guard the API only). Body ``{"cancel": true}``
+  cancels a pending one. 404 for an unknown instance, 409 if it is not running.
+  :meth:`FakeEC2.instance_shutdown` does the same from Python.
+- Every instance's home has ``~/.local/bin/shutdown`` (and ``poweroff``, ``halt``), a
+  ``python3`` script that POSTs that route to 127.0.0.1 for its own instance id (both are
+  written into it) and exits 0 when accepted: ``shutdown [-h|-P|-H] [now|+0]`` shuts down
+  now, ``+N`` in N minutes (no time: ``+1``, as systemd), ``-c`` cancels, ``-k`` does
+  nothing, ``--help`` prints usage; ``-r`` (reboot), clock times and unknown options are
+  refused (exit 1). It never runs the host's shutdown.
+- Its sessions get ``PATH=<home>/.local/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin``
+  (so ``shutdown`` is the fake one, also for jobs started from a session) and
+  ``FERRY_FAKE_INSTANCE_ID=<instance id>``; ``~/.profile`` puts ``~/.local/bin`` first again
+  for login shells (which /etc/profile gives a fresh PATH), as Ubuntu's default one does.
+- ``ModifyInstanceAttribute`` with ``InstanceInitiatedShutdownBehavior={"Value": ...}`` (boto3's
+  form) is passed to moto in the ``Attribute``/``Value`` form it implements.
+
+``req.credential`` is ``"account"`` when the SigV4 access key is the fake's
+``access_key_id``, else None (moto accepts any; the control route has None).
 """
 
 from __future__ import annotations
@@ -37,10 +67,13 @@ import base64
 import http.client
 import os
 import re
+import shutil
+import sys
 import threading
 from pathlib import Path
+from dataclasses import replace
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 from . import FakeAPIServer, Machine, RecordedRequest, Response
 from .sshd_pool import Endpoint, SshdPool
@@ -48,6 +81,78 @@ from .sshd_pool import Endpoint, SshdPool
 _KEY_LINE = re.compile(r"((?:ssh-(?:ed25519|rsa)|ecdsa-sha2-nistp\d+|sk-\S+)\s+[A-Za-z0-9+/=]+(?:[ \t]+[^\s'\"]+)?)")
 _SKIP_HEADERS = {"content-length", "content-type", "transfer-encoding", "connection", "server", "date",
                  "keep-alive"}
+_SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_SHUTDOWN_ROUTE = re.compile(r"/__fake__/shutdown/(i-[0-9a-f]+)/?")
+
+# The instance's shutdown(8) (and poweroff, halt): asks the fake to apply its shutdown behavior.
+# @PYTHON@, @URL@ and @INSTANCE_ID@ are filled in per instance.
+SHUTDOWN_SCRIPT = r"""#!@PYTHON@ -I
+# shutdown(8) on a FakeEC2 instance (tests/fakes/ec2.py), not the host's: the instance shuts
+# itself down, and the fake applies its InstanceInitiatedShutdownBehavior (stop or terminate)
+# through moto, as EC2 does when an instance's OS halts. Talks only to 127.0.0.1.
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+
+URL = "@URL@"
+INSTANCE_ID = "@INSTANCE_ID@"
+KNOWN_OPTIONS = {"-h", "-H", "-P", "--halt", "--poweroff", "-p", "-f", "--force", "-n", "--no-wall", "-w",
+                 "-c", "-k", "-r", "--reboot"}
+
+
+def main(prog, args):
+    options = [a for a in args if a.startswith("-")]
+    times = [a for a in args if not a.startswith("-")]  # [TIME [WALL...]] for shutdown
+    if "--help" in options:
+        print("usage: " + prog + " [-h|-H|-P|-c|-k] [now|+MINUTES] [WALL...]  (FakeEC2 instance)")
+        return 0
+    unknown = [o for o in options if o not in KNOWN_OPTIONS]
+    if unknown:
+        print(prog + ": unrecognized option " + repr(unknown[0]), file=sys.stderr)
+        return 1
+    if "-r" in options or "--reboot" in options:
+        print(prog + ": reboot is not modelled by the fake", file=sys.stderr)
+        return 1
+    if "-k" in options:
+        return 0  # a wall message only
+    body = {}
+    if "-c" in options:
+        body = {"cancel": True}
+    elif prog == "shutdown":
+        when = times[0] if times else "+1"  # systemd's default
+        if when != "now" and not (when.startswith("+") and when[1:].isdigit()):
+            print(prog + ": the fake models 'now' and '+MINUTES' only, not " + repr(when), file=sys.stderr)
+            return 1
+        if when != "now" and int(when[1:]) > 0:
+            body = {"delay": 60.0 * int(when[1:])}
+    request = urllib.request.Request(URL + "/__fake__/shutdown/" + INSTANCE_ID, method="POST",
+                                     data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            response.read()
+    except urllib.error.HTTPError as exc:
+        print(prog + ": " + str(exc.code) + " " + exc.read().decode(errors="replace"), file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(prog + ": " + str(exc), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(os.path.basename(sys.argv[0]), sys.argv[1:]))
+"""
+
+PROFILE = """\
+# ~/.profile of a FakeEC2 instance (as Ubuntu's default): login shells keep ~/.local/bin first,
+# so shutdown/poweroff/halt stay the fake's after /etc/profile resets PATH.
+if [ -d "$HOME/.local/bin" ] ; then
+    PATH="$HOME/.local/bin:$PATH"
+fi
+"""
 
 
 def _quiet_moto_server(host: str):
@@ -168,8 +273,12 @@ class FakeEC2(FakeAPIServer):
     def is_create(self, req: RecordedRequest) -> bool:
         return req.route.endswith(" RunInstances")
 
+    def credential(self, req: RecordedRequest) -> str | None:
+        match = re.search(r"Credential=([^/,\s]+)/", req.authorization or "")
+        return "account" if match and match.group(1) == self.access_key_id else None
+
     def authorized(self, req: RecordedRequest) -> bool:
-        return True  # moto accepts any credentials; tests read req.authorization
+        return True  # moto accepts any credentials; tests read req.authorization / req.credential
 
     def fault_body(self, status: int, req: RecordedRequest) -> Any:
         code = "RequestLimitExceeded" if status in (429, 503) else "InternalError"
@@ -192,6 +301,11 @@ class FakeEC2(FakeAPIServer):
             self.sync()
         if action == "RunInstances" and token and token in self._client_tokens:
             return self._client_tokens[token]  # EC2 idempotency: the same reservation again
+        if action == "ModifyInstanceAttribute" and "InstanceInitiatedShutdownBehavior.Value" in params:
+            rewritten = self._shutdown_behavior_form(req)
+            if isinstance(rewritten, Response):
+                return rewritten
+            req = rewritten
         response = self._forward(req)
         if action == "RunInstances":
             if token and response.status == 200:
@@ -202,10 +316,25 @@ class FakeEC2(FakeAPIServer):
             self.sync()
         return response
 
+    def _shutdown_behavior_form(self, req: RecordedRequest) -> RecordedRequest | Response:
+        """ModifyInstanceAttribute ``InstanceInitiatedShutdownBehavior={"Value": ...}`` (what boto3 sends)
+        in the ``Attribute=...&Value=...`` form moto implements (it has no handler for the first)."""
+        form = parse_qs(req.raw.decode("utf-8", "replace"), keep_blank_values=True)
+        value = form.pop("InstanceInitiatedShutdownBehavior.Value", [""])[0]
+        if value not in ("stop", "terminate"):
+            return Response(400, (f'<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error>'
+                                  f"<Code>InvalidParameterValue</Code><Message>Value ({value}) for parameter "
+                                  "instanceInitiatedShutdownBehavior is invalid.</Message></Error></Errors>"
+                                  "<RequestID>fake-400</RequestID></Response>").encode())
+        form["Attribute"] = ["instanceInitiatedShutdownBehavior"]
+        form["Value"] = [value]
+        return replace(req, raw=urlencode(form, doseq=True).encode())
+
     def _forward(self, req: RecordedRequest) -> Response:
         conn = http.client.HTTPConnection(*self._moto_addr, timeout=60)
         try:
-            headers = {k: v for k, v in req.headers.items() if k.lower() not in ("connection", "keep-alive")}
+            headers = {k: v for k, v in req.headers.items()
+                       if k.lower() not in ("connection", "keep-alive", "content-length")}  # set from the body
             conn.request(req.method, req.target or req.path, body=req.raw or None, headers=headers)
             reply = conn.getresponse()
             payload = reply.read()
@@ -348,3 +477,76 @@ class FakeEC2(FakeAPIServer):
 
     def machine(self, instance_id: str) -> Machine | None:
         return self.machines.get(instance_id)
+
+    # -- instance-initiated shutdown -------------------------------------------------
+    def _provision(self, machine: Machine) -> None:
+        """The instance's own shutdown/poweroff/halt, ~/.profile, PATH and FERRY_FAKE_INSTANCE_ID."""
+        endpoint = machine.endpoint
+        assert endpoint is not None
+        bin_dir = endpoint.home / ".local" / "bin"
+        bin_dir.mkdir(parents=True, exist_ok=True)
+        python = shutil.which("python3", path=_SYSTEM_PATH) or sys.executable
+        script = (SHUTDOWN_SCRIPT.replace("@PYTHON@", python).replace("@URL@", self.base_url)
+                  .replace("@INSTANCE_ID@", machine.id))
+        for name in ("shutdown", "poweroff", "halt"):
+            path = bin_dir / name
+            path.write_text(script)
+            path.chmod(0o755)
+        (endpoint.home / ".profile").write_text(PROFILE)
+        self.pool.set_env(endpoint, {**endpoint.env, "PATH": f"{bin_dir}:{_SYSTEM_PATH}",
+                                     "FERRY_FAKE_INSTANCE_ID": machine.id})
+
+    def _moto_instance(self, instance_id: str) -> Any:
+        for backend in self._backends():
+            for instance in backend.all_instances():
+                if instance.id == instance_id:
+                    return instance
+        return None
+
+    def instance_shutdown(self, instance_id: str, delay: float | None = None) -> str:
+        """The instance halts its OS: ``delay`` seconds from now (``self_stop_delay`` by default) its
+        InstanceInitiatedShutdownBehavior is applied. Returns that behavior (``"stop"``/``"terminate"``);
+        KeyError for an unknown instance, ValueError when it is not running."""
+        with self._lock:
+            instance = self._moto_instance(instance_id)
+            if instance is None:
+                raise KeyError(instance_id)
+            if instance.state != "running":
+                raise ValueError(f"instance {instance_id} is {instance.state}, not running")
+            self._later(("shutdown", instance_id), lambda: self._apply_shutdown(instance_id), delay)
+            return instance.instance_initiated_shutdown_behavior or "stop"
+
+    def _apply_shutdown(self, instance_id: str) -> None:
+        from moto.ec2.models.instances import StateReason
+
+        instance = self._moto_instance(instance_id)
+        if instance is None or instance.state != "running":
+            return  # stopped or terminated through the API meanwhile
+        if (instance.instance_initiated_shutdown_behavior or "stop") == "terminate":
+            instance.terminate()
+        else:
+            instance.stop()
+        instance.state_reason = StateReason("Client.InstanceInitiatedShutdown: Instance initiated shutdown",
+                                            "Client.InstanceInitiatedShutdown")
+        self.sync()
+
+    def control(self, req: RecordedRequest) -> Response:
+        match = _SHUTDOWN_ROUTE.fullmatch(req.path)
+        if match is None or req.method != "POST":
+            return super().control(req)
+        instance_id = match.group(1)
+        body = req.body if isinstance(req.body, dict) else {}
+        if body.get("cancel"):
+            return Response(200, {"instanceId": instance_id,
+                                  "cancelled": self.cancel_pending(("shutdown", instance_id))})
+        delay = body.get("delay")
+        try:
+            delay = None if delay is None else float(delay)
+            behavior = self.instance_shutdown(instance_id, delay)
+        except KeyError:
+            return Response(404, {"error": "InvalidInstanceID.NotFound",
+                                  "message": f"The instance ID '{instance_id}' does not exist"})
+        except ValueError as exc:
+            return Response(409, {"error": "IncorrectInstanceState", "message": str(exc)})
+        return Response(202, {"instanceId": instance_id, "behavior": behavior,
+                              "delay": self.self_stop_delay if delay is None else delay})

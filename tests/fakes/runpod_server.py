@@ -24,11 +24,23 @@ Errors follow GraphQL: HTTP 200 with ``{"errors": [{"message": ...}]}`` (the
 SDK raises ``runpod.error.QueryError``); a bad or missing key is HTTP 401
 (``AuthenticationError``). Injected faults answer with an ``errors`` body too,
 so the SDK can parse them.
+
+Pod-scoped keys (the pod's own credential, as RunPod gives every pod): each pod gets
+its own key at create (``rpa_pod_<random>``, :meth:`FakeRunPod.pod_key`), and every ssh
+session on the pod has ``RUNPOD_POD_ID=<pod id>`` and ``RUNPOD_API_KEY=<that key>`` in
+its environment (``runpodctl stop pod $RUNPOD_POD_ID``). That key is accepted only for
+``podStop`` and ``podTerminate`` of that pod; anything else with it (listing, another
+pod, resume, ...) is 401. It dies with the pod (terminate). The account key works for
+everything. A key is read from ``Authorization: Bearer <key>`` (this SDK) or, failing
+that, ``?api_key=<key>`` (older SDKs, runpodctl). ``req.credential`` is ``"account"``,
+``"pod:<id>"`` or None. A stop/terminate with the pod key is answered first; the pod's
+machine goes down ``self_stop_delay`` seconds later (the status changes at once).
 """
 
 from __future__ import annotations
 
 import re
+import secrets
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -136,7 +148,14 @@ class FakeRunPod(FakeAPIServer):
         self.pods: dict[str, dict[str, Any]] = {}
         self.unavailable_gpus: set[str] = set()
         self.account_pub_key = ""
+        self.pod_keys: dict[str, str] = {}  # pod id -> its pod-scoped API key (gone once terminated)
         self._next = 0
+        self._request: RecordedRequest | None = None  # the request being handled (under the lock)
+
+    def pod_key(self, pod_id: str) -> str | None:
+        """The pod-scoped API key of ``pod_id`` (what its sessions see as ``RUNPOD_API_KEY``)."""
+        with self._lock:
+            return self.pod_keys.get(str(pod_id))
 
     # -- hooks ---------------------------------------------------------------
     def route_key(self, req: RecordedRequest) -> str:
@@ -150,6 +169,35 @@ class FakeRunPod(FakeAPIServer):
 
     def unauthorized(self, req: RecordedRequest) -> Response:
         return Response(401, {"errors": [{"message": "Unauthorized"}]})
+
+    SELF_OPS = ("podStop", "podTerminate")  # all a pod-scoped key may do, to its own pod
+
+    def presented_key(self, req: RecordedRequest) -> str | None:
+        key = super().presented_key(req)
+        if key is None and req.query.get("api_key"):
+            key = req.query["api_key"][0]
+        return key
+
+    def credential(self, req: RecordedRequest) -> str | None:
+        key = self.presented_key(req)
+        if key is not None and key == self.api_key:
+            return "account"
+        for pod_id, pod_key in self.pod_keys.items():
+            if key is not None and key == pod_key:
+                return f"pod:{pod_id}"
+        return None
+
+    def authorized(self, req: RecordedRequest) -> bool:
+        if req.credential == "account":
+            return True
+        if not (req.credential or "").startswith("pod:"):
+            return False
+        query = req.body.get("query") if isinstance(req.body, dict) else None
+        op = operation(query) if isinstance(query, str) else None
+        if req.path.rstrip("/") != "/graphql" or req.method != "POST" or op not in self.SELF_OPS:
+            return False
+        fields, _ = operation_input(query, op)
+        return str(fields.get("podId")) == req.credential.split(":", 1)[1]
 
     def fault_body(self, status: int, req: RecordedRequest) -> Any:
         return {"errors": [{"message": f"injected fault: HTTP {status}"}]}
@@ -166,7 +214,15 @@ class FakeRunPod(FakeAPIServer):
         if method is None:
             return _error(f'Cannot query field "{op}" on type "Query".', status=400)
         fields, env = operation_input(query, op)
-        return method(fields, env, query)
+        self._request = req
+        try:
+            return method(fields, env, query)
+        finally:
+            self._request = None
+
+    def _by_pod_key(self) -> bool:
+        """Does the request being handled carry a pod-scoped key (a pod stopping itself)?"""
+        return self._request is not None and (self._request.credential or "").startswith("pod:")
 
     # -- catalogue -----------------------------------------------------------
     def _gpu(self, gpu_id: str) -> dict[str, Any] | None:
@@ -268,8 +324,10 @@ class FakeRunPod(FakeAPIServer):
             "templateId": fields.get("templateId"),
         }
         self.pods[pod_id] = pod
+        self.pod_keys[pod_id] = f"rpa_pod_{secrets.token_hex(16).upper()}"
         keys = [env.get("PUBLIC_KEY", "")] + self.account_pub_key.splitlines()
         machine = self._new_machine(pod_id, keys)
+        machine.env = {"RUNPOD_POD_ID": pod_id, "RUNPOD_API_KEY": self.pod_keys[pod_id]}
         if "22/tcp" not in ports.split(",") or fields.get("supportPublicIp") is False:
             machine.never_ready = True  # a real pod then has no public ssh port
         return {"id": pod_id, "imageName": pod["imageName"], "env": self._view(pod)["env"],
@@ -300,7 +358,16 @@ class FakeRunPod(FakeAPIServer):
         if error:
             return error
         pod["desiredStatus"] = "EXITED"
-        self._power_off(self.machines[pod["id"]])
+        machine = self.machines[pod["id"]]
+        if self._by_pod_key():
+            def power_off() -> None:  # unless it was resumed meanwhile
+                if pod["desiredStatus"] == "EXITED" and self.pods.get(pod["id"]) is pod:
+                    self._power_off(machine)
+
+            self._later(("stop", pod["id"]), power_off)
+        else:
+            self.cancel_pending(("stop", pod["id"]))
+            self._power_off(machine)
         return _data("podStop", {"id": pod["id"], "desiredStatus": "EXITED"})
 
     def _resume(self, fields, op: str) -> Response:
@@ -312,6 +379,7 @@ class FakeRunPod(FakeAPIServer):
             pod["costPerHr"] = round(float(fields["bidPerGpu"]) * pod["gpuCount"], 4)
         if pod["desiredStatus"] != "RUNNING":
             pod["desiredStatus"] = "RUNNING"
+            self.cancel_pending(("stop", pod["id"]))  # a self-stop still in flight is overtaken
             self._power_on(self.machines[pod["id"]])
         view = self._view(pod)
         return _data(op, {k: view[k] for k in ("id", "desiredStatus", "imageName", "env", "machineId",
@@ -328,7 +396,13 @@ class FakeRunPod(FakeAPIServer):
         if error:
             return error
         del self.pods[pod["id"]]
-        self._destroy(self.machines[pod["id"]])
+        self.pod_keys.pop(pod["id"], None)  # the pod's key dies with it
+        self.cancel_pending(("stop", pod["id"]))
+        machine = self.machines[pod["id"]]
+        if self._by_pod_key():
+            self._later(("terminate", pod["id"]), lambda: self._destroy(machine))
+        else:
+            self._destroy(machine)
         return _data("podTerminate", None)
 
     def _op_updateUserSettings(self, fields, env, query) -> Response:

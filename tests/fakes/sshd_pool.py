@@ -24,12 +24,17 @@ Each instance is a machine of its own, not the test user's account:
   variable, and ``stop``, ``remove`` and ``stop_all`` end them all by pid,
   the way a power-off would (a tmux server daemonises out of sshd's process
   tree and would outlive it). The marker and the /proc scan are
-  :mod:`ferry.providers.local`'s own, so there is one copy of that logic.
+  :mod:`ferry.providers.local`'s own, so there is one copy of that logic;
+- ``create(..., env={...})`` (or :meth:`SshdPool.set_env`) gives one endpoint extra
+  session environment on top of HOME and the marker (which always win): a cloud's
+  per-instance variables such as ``RUNPOD_POD_ID`` or a ``PATH``. They are sshd
+  ``SetEnv`` values, read when the sshd starts.
 """
 
 from __future__ import annotations
 
 import getpass
+import re
 import shutil
 import threading
 from dataclasses import dataclass, field
@@ -52,6 +57,7 @@ class Endpoint:
     sshd: LoopbackSshd = field(repr=False)
     name: str = ""
     keys: list[str] = field(default_factory=list, repr=False)
+    env: dict[str, str] = field(default_factory=dict, repr=False)  # extra session env (see SshdPool._env)
 
     @property
     def directory(self) -> Path:
@@ -74,6 +80,22 @@ def _key_lines(public_key: str | list[str] | tuple[str, ...] | None) -> list[str
     return [line.strip() for line in public_key if line and line.strip()]
 
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _checked_env(env: dict[str, str] | None) -> dict[str, str]:
+    """``env`` as sshd ``SetEnv`` can carry it (``NAME="value"``): refuse what would not survive."""
+    checked: dict[str, str] = {}
+    for name, value in (env or {}).items():
+        value = str(value)
+        if not _ENV_NAME.fullmatch(name):
+            raise ValueError(f"not an environment variable name: {name!r}")
+        if any(c in value for c in '"\\\n\r'):
+            raise ValueError(f"{name}: a SetEnv value cannot hold quotes, backslashes or newlines")
+        checked[name] = value
+    return checked
+
+
 class SshdPool:
     """Creates, stops, restarts and removes loopback sshds under ``base_dir``."""
 
@@ -87,12 +109,16 @@ class SshdPool:
         self.endpoints: list[Endpoint] = []
 
     # -- lifecycle -----------------------------------------------------------
-    def create(self, public_key: str | list[str] | None, *, start: bool = True, name: str | None = None) -> Endpoint:
+    def create(self, public_key: str | list[str] | None, *, start: bool = True, name: str | None = None,
+               env: dict[str, str] | None = None) -> Endpoint:
         """A new sshd trusting ``public_key`` (one line, several lines, or a list).
 
         With ``start=False`` the files are prepared but no process runs and
-        ``port`` is None until :meth:`start`.
+        ``port`` is None until :meth:`start`. ``env``: extra variables for
+        every session on this endpoint (HOME and the power-off marker stay the
+        pool's).
         """
+        extra = _checked_env(env)
         with self._lock:
             self._count += 1
             label = name or f"i{self._count}"
@@ -100,7 +126,8 @@ class SshdPool:
             directory = self.base_dir / f"s{self._count}"
             sshd = LoopbackSshd(directory)
             keys = _key_lines(public_key)
-            endpoint = Endpoint(host="127.0.0.1", port=None, user=self.user, sshd=sshd, name=label, keys=keys)
+            endpoint = Endpoint(host="127.0.0.1", port=None, user=self.user, sshd=sshd, name=label, keys=keys,
+                                env=extra)
             sshd.prepare(authorized_keys=keys, env=self._env(endpoint))
             uv = endpoint.home / ".local" / "bin" / "uv"
             uv.parent.mkdir(parents=True, exist_ok=True)
@@ -163,8 +190,15 @@ class SshdPool:
 
     # -- the machine around the sshd -------------------------------------------
     def _env(self, endpoint: Endpoint) -> dict[str, str]:
-        """sshd ``SetEnv`` for every session: the instance's own HOME and the power-off marker."""
-        return {"HOME": str(endpoint.home), MARKER: str(endpoint.directory)}
+        """sshd ``SetEnv`` for every session: the endpoint's extra env, then its own HOME and the
+        power-off marker (those two always win, so power-off finds every process)."""
+        return {**endpoint.env, "HOME": str(endpoint.home), MARKER: str(endpoint.directory)}
+
+    def set_env(self, endpoint: Endpoint, env: dict[str, str] | None) -> None:
+        """Replace the endpoint's extra session env. sshd reads ``SetEnv`` when it starts, so this
+        takes effect at the next :meth:`start` (a running sshd keeps what it started with)."""
+        with self._lock:
+            endpoint.env = _checked_env(env)
 
     def _power_off(self, endpoint: Endpoint) -> None:
         """End every process carrying this instance's marker (TERM, then KILL), by pid."""

@@ -16,6 +16,9 @@ unversioned (pause/resume is not part of ``/v1``).
 
 Errors are ``{"message": ...}`` with a 4xx/5xx status (what the Go CLI reads); a bad or
 missing token is 401. The ssh user is the sshd's user (``getpass.getuser()``), not ubuntu.
+
+Thunder gives an instance no credential of its own (its API has no self-stop path beyond
+the account token), so ``req.credential`` is only ever ``"account"`` or None.
 """
 
 from __future__ import annotations

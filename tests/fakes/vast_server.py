@@ -24,12 +24,24 @@ delay), ``"stopped"`` after stop. Only when running does a row show its ssh: the
 ``public_ipaddr`` "127.0.0.1" + ``ports["22/tcp"][0]["HostPort"]`` and the "proxy"
 ``ssh_host``/``ssh_port``, which here are the same sshd. User: the sshd's user
 (``getpass.getuser()``), not root.
+
+Container keys (an instance's own credential): each instance gets a key of its own at
+create (:meth:`FakeVast.container_key`), and every ssh session on it has
+``CONTAINER_ID=<instance id>`` and ``CONTAINER_API_KEY=<that key>`` in its environment.
+That key is accepted only for ``PUT /api/v0/instances/<its id>/`` with body exactly
+``{"state": "stopped"}`` (stop) and ``DELETE /api/v0/instances/<its id>/`` (destroy);
+anything else with it is 401. It dies with the instance. The account key works for
+everything. A key is read from ``Authorization: Bearer <key>`` (the SDK) or, failing that,
+``?api_key=<key>``. ``req.credential`` is ``"account"``, ``"container:<id>"`` or None. A
+stop/destroy with the container key is answered first; the machine goes down
+``self_stop_delay`` seconds later (the instance's status changes at once).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import secrets
 import time
 from typing import Any
 
@@ -155,6 +167,8 @@ class FakeVast(FakeAPIServer):
             self.offers[int(offer["id"])] = offer
         self.instances: dict[int, dict[str, Any]] = {}
         self.account_keys: list[dict[str, Any]] = []
+        self.container_keys: dict[int, str] = {}  # instance id -> its CONTAINER_API_KEY (gone once destroyed)
+        self._request: RecordedRequest | None = None  # the request being handled (under the lock)
         self._next_instance = 3000000
         self._next_key = 100
 
@@ -168,12 +182,54 @@ class FakeVast(FakeAPIServer):
     def unauthorized(self, req: RecordedRequest) -> Response:
         return Response(401, {"success": False, "error": "invalid_user_key", "msg": "Invalid user key"})
 
+    def container_key(self, instance_id: int) -> str | None:
+        """The instance's own API key (what its sessions see as ``CONTAINER_API_KEY``)."""
+        with self._lock:
+            return self.container_keys.get(int(instance_id))
+
+    def presented_key(self, req: RecordedRequest) -> str | None:
+        key = super().presented_key(req)
+        if key is None and req.query.get("api_key"):
+            key = req.query["api_key"][0]
+        return key
+
+    def credential(self, req: RecordedRequest) -> str | None:
+        key = self.presented_key(req)
+        if key is not None and key == self.api_key:
+            return "account"
+        for iid, container_key in self.container_keys.items():
+            if key is not None and key == container_key:
+                return f"container:{iid}"
+        return None
+
+    def authorized(self, req: RecordedRequest) -> bool:
+        if req.credential == "account":
+            return True
+        if not (req.credential or "").startswith("container:"):
+            return False
+        own = f"/api/v0/instances/{req.credential.split(':', 1)[1]}/"
+        path = req.path if req.path.endswith("/") else req.path + "/"
+        if path != own:
+            return False
+        return req.method == "DELETE" or (req.method == "PUT" and req.body == {"state": "stopped"})
+
+    def _by_container_key(self) -> bool:
+        """Does the request being handled carry a container key (an instance stopping itself)?"""
+        return self._request is not None and (self._request.credential or "").startswith("container:")
+
     def fault_body(self, status: int, req: RecordedRequest) -> Any:
         error = "rate_limited" if status == 429 else "server_error"
         return {"success": False, "error": error, "msg": f"injected fault: HTTP {status}"}
 
     # -- dispatch ------------------------------------------------------------
     def handle(self, req: RecordedRequest) -> Response:
+        self._request = req
+        try:
+            return self._route(req)
+        finally:
+            self._request = None
+
+    def _route(self, req: RecordedRequest) -> Response:
         path = req.path if req.path.endswith("/") else req.path + "/"
         body = req.body if isinstance(req.body, dict) else {}
         m, p = req.method, path
@@ -259,8 +315,10 @@ class FakeVast(FakeAPIServer):
             "direct_port_start": -1, "direct_port_end": -1, "machine_dir_ssh_port": None,
         }
         self.instances[iid] = inst
+        self.container_keys[iid] = secrets.token_hex(32)
         keys = [k["public_key"] for k in self.account_keys]
-        self._new_machine(iid, keys)
+        machine = self._new_machine(iid, keys)
+        machine.env = {"CONTAINER_ID": str(iid), "CONTAINER_API_KEY": self.container_keys[iid]}
         return Response(200, {"success": True, "new_contract": iid, "instance_api_key": f"inst-key-{iid}"})
 
     def _row(self, inst: dict[str, Any]) -> dict[str, Any]:
@@ -321,10 +379,19 @@ class FakeVast(FakeAPIServer):
         if state == "stopped":
             inst["intended_status"] = "stopped"
             inst["status_msg"] = ""
-            self._power_off(machine)
+            if self._by_container_key():
+                def power_off() -> None:  # unless it was started again meanwhile
+                    if inst["intended_status"] == "stopped" and self.instances.get(iid) is inst:
+                        self._power_off(machine)
+
+                self._later(("stop", iid), power_off)
+            else:
+                self.cancel_pending(("stop", iid))
+                self._power_off(machine)
         elif state == "running":
             inst["intended_status"] = "running"
             inst["status_msg"] = ""
+            self.cancel_pending(("stop", iid))  # a self-stop still in flight is overtaken
             if not machine.powered:
                 self._power_on(machine)
         elif state is not None:
@@ -338,7 +405,13 @@ class FakeVast(FakeAPIServer):
         offer = self.offers.get(inst["offer_id"])
         if offer is not None:
             offer["rented"] = False
-        self._destroy(self.machines[str(iid)])
+        self.container_keys.pop(iid, None)  # the instance's key dies with it
+        self.cancel_pending(("stop", iid))
+        machine = self.machines[str(iid)]
+        if self._by_container_key():
+            self._later(("destroy", iid), lambda: self._destroy(machine))
+        else:
+            self._destroy(machine)
         return Response(200, {"success": True})
 
     def _change_bid(self, iid: int, body: dict[str, Any]) -> Response:
