@@ -44,6 +44,12 @@ def home(monkeypatch) -> Path:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def ferry_labels(home: Path | None = None, project: str = "proj", **more: str) -> dict[str, str]:
+    """The labels ferry puts on what it launches: the project, and this machine's id (made at the first launch)."""
+    home = home or Path.home()
+    return {"ferry-project": project, "ferry-machine": (home / ".ferry" / "machine-id").read_text().strip(), **more}
+
+
 def git(cwd: Path, *args: str) -> str:
     return subprocess.run(
         ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main", *args],

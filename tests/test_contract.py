@@ -22,7 +22,7 @@ import pytest
 
 from ferry.providers.base import GPU, OWNED, STOP
 
-from .conftest import assert_one_line_error
+from .conftest import assert_one_line_error, ferry_labels
 from .contract_harness import CLOUDS, PROVIDERS, failed, having, known_hosts_name, make
 
 pytestmark = pytest.mark.timeout(90)
@@ -125,7 +125,7 @@ def test_a_second_launch_of_the_name_reuses_the_instance(h):
     assert first["ssh"] == h.ssh() and first["remote_home"] == str(h.remote_home())
     assert first["gpu"] == (h.gpu[1] if h.gpu else None)
     if OWNED in h.capabilities:
-        assert first["labels"] == {"ferry-project": "proj"}
+        assert first["labels"] == ferry_labels()
     second = json.loads(h.cli.ok("launch", "--provider", h.name, "--json").stdout)  # by name: no --gpu needed
     assert (second["id"], second["ssh"]) == (first["id"], first["ssh"])
     assert h.ids() == [first["id"]]

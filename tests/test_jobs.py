@@ -92,7 +92,6 @@ def port_is_free(port: int) -> bool:
     (["run", "--timeout", "10x", "true"], "bad duration"),
     (["run", "--timeout", "0", "true"], "more than zero"),
     (["run", "--then", "reboot", "true"], "--then"),
-    (["run", "--then", "stop", "--detach", "true"], "--then stop"),
     (["run", "--then-always", "true"], "--then-always"),
     (["run", "--wait-timeout", "5s", "true"], "--wait-for"),
     (["wait", "--timeout", "soon"], "bad duration"),

@@ -15,6 +15,7 @@ from urllib.parse import parse_qs
 
 import pytest
 
+from .conftest import ferry_labels
 from .contract_harness import AWS_ACCESS_KEY as ACCESS_KEY
 from .contract_harness import AWS_SECRET_KEY as SECRET_KEY
 from .contract_harness import DLAMI, configure_ec2, ec2_instances, ec2_live, failed, seed_dlami
@@ -35,6 +36,13 @@ def params(request) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(request.raw.decode()).items()}
 
 
+def raw_attribute(ec2, instance_id: str) -> str:
+    """The instance's InstanceInitiatedShutdownBehavior, as moto holds it."""
+    client = ec2.client(endpoint_url=ec2.moto_url)
+    answer = client.describe_instance_attribute(InstanceId=instance_id, Attribute="instanceInitiatedShutdownBehavior")
+    return answer["InstanceInitiatedShutdownBehavior"]["Value"]
+
+
 def tags(raw: dict) -> dict[str, str]:
     return {t["Key"]: t["Value"] for t in raw.get("Tags") or []}
 
@@ -47,7 +55,8 @@ def test_the_instance_as_ec2_sees_it_made_by_one_create_retried_under_one_token(
     [raw] = live(ec2)
     assert raw["ImageId"] == DLAMI, "the region's public deep-learning AMI parameter"
     assert raw["InstanceType"] == "g5.xlarge" and raw.get("InstanceLifecycle") != "spot"
-    assert tags(raw) == {"Name": "proj", "Project": "proj", "Owner": "ada", "ferry-project": "proj"}
+    assert tags(raw) == {"Name": "proj", "Project": "proj", "Owner": "ada", **ferry_labels()}
+    assert raw_attribute(ec2, raw["InstanceId"]) == "stop", "shutdown -h now on it stops it (autostop's default)"
     [volume] = ec2.client().describe_volumes(
         Filters=[{"Name": "attachment.instance-id", "Values": [raw["InstanceId"]]}])["Volumes"]
     assert (volume["Size"], volume["VolumeType"]) == (100, "gp3")

@@ -14,6 +14,7 @@ import json
 
 import pytest
 
+from .conftest import ferry_labels
 from .contract_harness import USER, configure_runpod, failed
 
 pytestmark = pytest.mark.timeout(60)
@@ -56,7 +57,8 @@ def test_the_pod_carries_ferrys_settings_and_resumes_with_its_own_gpu_count(fake
     public_key = (home / ".ferry" / "keys" / "id_ed25519.pub").read_text().split()
     assert pod["name"] == "proj" and pod["gpuCount"] == 2 and pod["containerDiskInGb"] == 30
     assert pod["env"]["PUBLIC_KEY"] == " ".join(public_key[:2])
-    assert pod["env"]["FERRY_LABELS"] == "ferry-project=proj" and pod["env"]["FERRY_GPU"] == GPU_ID
+    assert pod["env"]["FERRY_LABELS"] == f"ferry-machine={ferry_labels()['ferry-machine']};ferry-project=proj"
+    assert pod["env"]["FERRY_GPU"] == GPU_ID
     assert pod["ports"] == "22/tcp,8188/http" and pod["podType"] == "RESERVED"
     (deploy,) = queries(fake, "podFindAndDeployOnDemand")
     assert "supportPublicIp: true" in deploy and "startSsh: true" in deploy
@@ -66,7 +68,7 @@ def test_the_pod_carries_ferrys_settings_and_resumes_with_its_own_gpu_count(fake
     status = json.loads(cli.ok("status", "--json").stdout)
     assert (status["status"], status["gpu"], status["gpu_count"]) == ("RUNNING", "RTX4090", 2)
     assert status["cost_per_hour"] == pytest.approx(2 * 0.34)  # community price, cloud_type ALL
-    assert status["labels"] == {"ferry-project": "proj"}
+    assert status["labels"] == ferry_labels()
 
     # Start resumes with the pod's own GPU count.
     cli.ok("stop", "start")
@@ -83,7 +85,7 @@ def test_spot_rents_an_interruptible_pod_at_the_minimum_bid_and_resumes_by_bid(f
     assert queries(fake, "podFindAndDeployOnDemand") == []
     pod = only_pod(fake)
     assert pod["podType"] == "INTERRUPTABLE" and pod["costPerHr"] == pytest.approx(0.20)
-    assert pod["env"]["FERRY_LABELS"] == "ferry-project=proj"
+    assert pod["env"]["FERRY_LABELS"] == f"ferry-machine={ferry_labels()['ferry-machine']};ferry-project=proj"
     cli.ok("run", "true")
 
     fake.preempt(pod["id"])  # outbid: the pod exits

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from .conftest import assert_one_line_error
+from .conftest import assert_one_line_error, ferry_labels
 from .contract_harness import USER, configure_thunder, failed
 
 pytestmark = pytest.mark.timeout(60)
@@ -99,7 +99,7 @@ def test_create_body_name_book_and_price(fake, cli, home):
     # Thunder names it tnr-N; ferry's name and labels live in the name book, written before launch returned.
     assert inst["name"] == f"tnr-{iid}"
     entry = name_book(home)["instances"][iid]
-    assert (entry["name"], entry["labels"], entry["uuid"]) == ("proj", {"ferry-project": "proj"}, inst["uuid"])
+    assert (entry["name"], entry["labels"], entry["uuid"]) == ("proj", ferry_labels(), inst["uuid"])
 
     # A 429 on the next API call is retried; status reads the live instance.
     fake.fail_next(429, match="GET /instances/list", headers={"Retry-After": "0"})
@@ -174,7 +174,7 @@ def test_clone_makes_a_second_instance_with_the_override(fake, cli, home, projec
         "a100xl", "2", 150, "8", "production")
     entry = name_book(home)["instances"][clone_id]
     assert entry["name"] == "proj-big"
-    assert entry["labels"] == {"ferry-project": "proj", "ferry-clone-of": "proj"}
+    assert entry["labels"] == ferry_labels(**{"ferry-clone-of": "proj"})
     state = json.loads((project / ".ferry" / "state.json").read_text())
     assert state["current"] == "proj" and set(state["instances"]) == {"proj", "proj-big"}
     assert cli.ok("run", "--name", "proj-big", "echo cloned").stdout == "cloned\n"

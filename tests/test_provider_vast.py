@@ -13,6 +13,7 @@ import json
 
 import pytest
 
+from .conftest import ferry_labels
 from .contract_harness import VAST_KEY as KEY
 from .contract_harness import configure_vast, failed
 
@@ -37,7 +38,7 @@ def test_launch_rents_the_cheapest_reliable_offer_and_terminate_gives_it_back(va
     assert row["label"] == "proj" and row["gpu_name"] == "RTX 4090"
     assert row["dph_total"] == 0.35, "the cheapest reliable verified on-demand offer"
     assert not row["is_bid"]
-    assert json.loads(dict(row["extra_env"])["FERRY_LABELS"]) == {"ferry-project": "proj"}
+    assert json.loads(dict(row["extra_env"])["FERRY_LABELS"]) == ferry_labels()
     ferry.ok("terminate", "--yes")
     assert rented(vast) == [] and not vast.offers[50001]["rented"]
 

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REMOTE_SCRIPTS = ("ferry-job", "bootstrap.sh")
+REMOTE_SCRIPTS = ("ferry-job", "bootstrap.sh", "ferry-agent", "ferry-selfstop.py")
 
 # Set when Ctrl-C interrupts a --count launch: worker threads see it and clean up.
 CANCEL = threading.Event()

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def _each(names: list[str], ask: Callable[[str], list[T]], skipped: dict[str, str]) -> list[T]:
+def each(names: list[str], ask: Callable[[str], list[T]], skipped: dict[str, str]) -> list[T]:
     """``ask(name)`` for every provider at once; a FerryError skips that provider (noted in ``skipped``)."""
     with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
         futures = {name: pool.submit(ask, name) for name in names}
@@ -41,7 +41,7 @@ def list_everywhere(settings: Settings, skipped: dict[str, str] | None = None) -
     skipped = skipped if skipped is not None else {}
     names = ["local", *providers.CLOUDS, "ssh"]
     # Everything the account has running on each cloud, ferry's or not: a bill is a bill.
-    found = _each(names, lambda name: providers.get(name, settings).list(), skipped)
+    found = each(names, lambda name: providers.get(name, settings).list(), skipped)
     return sorted(found, key=lambda i: (i.provider, i.name))
 
 
@@ -57,7 +57,7 @@ def offers(settings: Settings, gpu: str | None, count: int = 1, spot: bool = Fal
             return []
         return [o for o in cloud.offers(gpu, count) if o.spot == spot]
 
-    return sorted(_each(names, ask, skipped), key=lambda o: (o.cost_per_hour, o.provider))
+    return sorted(each(names, ask, skipped), key=lambda o: (o.cost_per_hour, o.provider))
 
 
 def cheapest(settings: Settings, spec: InstanceSpec) -> str:

@@ -32,11 +32,18 @@ GENERAL_DEFAULTS: dict[str, Any] = {
     "debug": False,
     "json": False,
     "launch_timeout": 600,
-    "jobs_kept": 200,
-    "run": {"sync": True},
+    "jobs_kept": 200,  # job directories kept on an instance (the newest; a running job is never removed)
+    "run": {"sync": True},  # `run` first syncs a project that changed since the last sync (no network when it did not)
     # A plain download brings what the run produced, less environments and caches, up to max_size;
     # include/exclude (gitignore syntax) shape it.
-    "download": {"max_size": "2G", "include": [], "exclude": []},  # `run` first syncs a project that changed since the last sync (no network when it did not)  # job directories kept on an instance (the newest; a running job is never removed)
+    "download": {"max_size": "2G", "include": [], "exclude": []},
+    # Every instance ferry launches stops itself after this long idle (no job, no interactive ssh, no busy
+    # GPU), checked on the instance every autostop_check; "off" turns it off. launch --autostop overrides.
+    "autostop": "30m",
+    "autostop_check": "60s",
+    # max_hourly: launch refuses when what runs plus the new instance would cost more per hour;
+    # max_cost_per_instance: each instance stops itself once it has cost this much (launch --max-cost).
+    "budget": {"max_hourly": None, "max_cost_per_instance": None},
     "ssh_config": None,  # OpenSSH client config for every ssh ferry runs (-F); default: OpenSSH's ~/.ssh/config
     "hosts": {},  # the ssh provider: name -> "user@host:port" or an ssh_config alias
     # Cloud API calls that fail transiently (429, 5xx, timeouts) are retried: at most `attempts` times within

@@ -76,8 +76,19 @@ def run_checks(settings: Settings) -> list[dict]:
                              f"export {variable}=... (or put it in .env)", required=False))
     checks.append(_check("ec2 credentials", _aws_credentials(), "boto3 credential chain",
                          "aws configure (or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)", required=False))
+    checks.extend(_self_stop_paths())
     checks.extend(_instance_checks(settings))
     return checks
+
+
+def _self_stop_paths() -> list[dict]:
+    """How an idle instance of each cloud stops itself (autostop, run --then): said, not checked."""
+    found = []
+    for name in ("local", *providers.CLOUDS):
+        path = getattr(providers.module(name), "SELF_STOP", None)
+        if path is not None:
+            found.append(_check(f"autostop on {name}", True, path.how, required=False))
+    return found
 
 
 def _aws_credentials() -> bool:

@@ -126,6 +126,18 @@ def shell_seconds(seconds: float) -> str:
     return f"{max(seconds, 0.001):.3f}".rstrip("0").rstrip(".")
 
 
+def brief(seconds: float | None) -> str:
+    """Shorter still, for countdowns and settings: 5s, 1m30s, 27m, 2h07m, 3d04h."""
+    if seconds is None:
+        return "-"
+    s = max(0, int(round(seconds)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s" if s % 60 and s < 600 else f"{s // 60}m"
+    return human(s)
+
+
 def human(seconds: float | None) -> str:
     """Compact, for tables: 0.4s, 42s, 3m05s, 2h07m, 3d04h."""
     if seconds is None:

@@ -78,6 +78,7 @@ class Box:
     def __init__(self, settings: Settings, instance: Instance):
         self.settings = settings
         self.instance = instance
+        self.created = False  # True when the launch that returned this handle created the instance
 
     def __repr__(self) -> str:
         return f"<Box {self.name} ({self.instance.provider}, {self.instance.status.value})>"
@@ -165,17 +166,20 @@ class Box:
     def run(self, command: str, *, warn: bool = False, detach: bool = False, env: Mapping[str, str] | None = None,
             cwd: str | None = None, timeout: float | None = None, label: str | None = None,
             wait_for: str | None = None, wait_timeout: float | None = None,
-            out: BinaryIO | None = None) -> "JobResult | Job":
+            out: BinaryIO | None = None, then: str | None = None, then_always: bool = False) -> "JobResult | Job":
         """Run ``command`` as a job in tmux in the workdir, streaming its output to ``out`` (stdout).
 
         Returns a JobResult; raises ferry.JobFailed on a failed job unless
         ``warn``. ``detach=True`` returns the Job at once; ``wait_for`` returns
         the Job as soon as a log line matches (a server's readiness).
+        ``then="stop"|"terminate"``: the instance does that to itself when the
+        job succeeds (whatever the outcome with ``then_always``), with or
+        without ferry watching; see :mod:`ferry.then` for what the caller does.
         """
         from . import jobs
 
         return jobs.run(self, command, warn=warn, detach=detach, env=env, cwd=cwd, timeout=timeout, label=label,
-                        wait_for=wait_for, wait_timeout=wait_timeout, out=out)
+                        wait_for=wait_for, wait_timeout=wait_timeout, out=out, then=then, then_always=then_always)
 
     def job(self, job_id: str | None = None) -> "Job":
         """A handle on one job (default: the latest on the instance)."""

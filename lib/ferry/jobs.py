@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, BinaryIO, Mapping
 
 from .backoff import Backoff
-from .errors import FerryError, JobError, JobFailed, UsageError, cmd
+from .errors import JobError, JobFailed, UsageError, cmd
 from .flags import env_name, human, shell_seconds, signal_name
 from .follow import (FIRST_DELAY, MAX_DELAY, RECONNECT_WINDOW, STATES, Detached, JobResult, LineMatcher, flag, follow,
                      job_tool, parse_end, started_number, wrapper_error)
@@ -31,10 +31,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LATEST = "@latest"  # the wrapper resolves it to the newest job on the instance
-THEN_ACTIONS = ("stop", "terminate")
 
-__all__ = ["Job", "JobInfo", "JobResult", "JobFailed", "Detached", "LATEST", "STATES", "THEN_ACTIONS", "run",
-           "list_jobs", "attach", "exit_status", "then", "check_then"]
+__all__ = ["Job", "JobInfo", "JobResult", "JobFailed", "Detached", "LATEST", "STATES", "run",
+           "list_jobs", "attach", "exit_status"]
 
 
 def new_job_id() -> str:
@@ -61,7 +60,8 @@ class JobInfo:
 
 # -- the spec --------------------------------------------------------------------------------------
 def job_spec(box: "Box", command: str, env: Mapping[str, str] | None = None, cwd: str | None = None,
-             timeout: float | None = None, label: str | None = None) -> bytes:
+             timeout: float | None = None, label: str | None = None, then: str | None = None,
+             then_always: bool = False) -> bytes:
     """The spec the wrapper sources: every value shlex-quoted, sent on stdin, never on a command line."""
     if not command.strip():
         raise UsageError("empty command", hint="give the command to run: " + cmd("run 'python train.py'"))
@@ -72,6 +72,9 @@ def job_spec(box: "Box", command: str, env: Mapping[str, str] | None = None, cwd
         # First, and digits only: the wrapper reads this one line without sourcing the rest.
         f"FERRY_TIMEOUT={shell_seconds(timeout) if timeout else ''}",
         f"FERRY_KEEP_JOBS={int(box.settings.data.get('jobs_kept') or 200)}",  # second, digits only: read unsourced
+        # Third and fourth, read unsourced: what the instance does when the job ends (then.py).
+        f"FERRY_THEN={then if then in ('stop', 'terminate') else ''}",
+        f"FERRY_THEN_ALWAYS={1 if then_always else 0}",
         f"FERRY_COMMAND={shlex.quote(command)}",
         f"FERRY_WORKDIR={shlex.quote(base)}",
         f"FERRY_CWD={shlex.quote(target)}",
@@ -85,7 +88,8 @@ def job_spec(box: "Box", command: str, env: Mapping[str, str] | None = None, cwd
 # -- running -----------------------------------------------------------------------------------------
 def run(box: "Box", command: str, *, warn: bool = False, detach: bool = False, env: Mapping[str, str] | None = None,
         cwd: str | None = None, timeout: float | None = None, label: str | None = None, wait_for: str | None = None,
-        wait_timeout: float | None = None, out: BinaryIO | None = None) -> "JobResult | Job":
+        wait_timeout: float | None = None, out: BinaryIO | None = None, then: str | None = None,
+        then_always: bool = False) -> "JobResult | Job":
     """Start ``command`` as a job; unless detached, stream it and return how it ended (see Box.run).
 
     With ``wait_for`` (a regular expression) return the running Job as soon as
@@ -99,7 +103,7 @@ def run(box: "Box", command: str, *, warn: bool = False, detach: bool = False, e
         raise UsageError("--wait-timeout needs --wait-for", hint='e.g. --wait-for "Listening on" --wait-timeout 5m')
     matcher = LineMatcher(wait_for) if wait_for else None
     job_id = new_job_id()
-    spec = job_spec(box, command, env=env, cwd=cwd, timeout=timeout, label=label)
+    spec = job_spec(box, command, env=env, cwd=cwd, timeout=timeout, label=label, then=then, then_always=then_always)
     if detach:
         return Job(box, job_id, _start(box, job_id, spec))
     deadline = time.monotonic() + wait_timeout if wait_timeout else None
@@ -290,35 +294,3 @@ def attach(box: "Box", job_id: str | None = None) -> int:
     """A real terminal on the job's tmux session (or a shell session in the workdir); its exit status."""
     command = f"{job_tool(box)} attach {shlex.quote(job_id or LATEST)} {shlex.quote(box.workdir)}"
     return subprocess.call(box.remote.ssh_argv(tty=True) + [command])
-
-
-# -- after the job: --then stop|terminate ---------------------------------------------------------------
-def check_then(box: "Box", action: str | None) -> None:
-    """Refuse a --then the provider cannot honour before the job starts, not hours later."""
-    if action is None:
-        return
-    if action not in THEN_ACTIONS:
-        raise UsageError(f"bad --then {action!r}", hint="use --then stop or --then terminate")
-    from .providers.base import OWNED, STOP
-
-    cloud = box.cloud()
-    if (STOP if action == "stop" else OWNED) not in cloud.capabilities:
-        raise FerryError(f"the {cloud.name} provider cannot {action} {box.name}",
-                         hint="drop --then" + (" or use --then terminate" if action == "stop" else ""))
-
-
-def then(box: "Box", end: JobResult, action: str | None, always: bool = False) -> bool:
-    """Stop or terminate the instance after the job: after success only, unless ``always``. True if done."""
-    if action is None:
-        return False
-    if end.state != "succeeded" and not always:
-        log.info("job %s %s; instance %s was left running (--then %s acts only after success; "
-                 "--then-always acts whatever the outcome)", end.ref, end.describe(), box.name, action)
-        return False
-    if action == "stop":
-        box.stop()
-        log.info("%s stopped (--then stop)", box.name)
-    else:
-        box.terminate()
-        log.info("%s terminated (--then terminate)", box.name)
-    return True

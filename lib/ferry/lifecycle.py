@@ -14,12 +14,14 @@ import copy
 import logging
 from typing import TYPE_CHECKING, Any, Sequence
 
-from . import bootstrap, providers, sshconfig, sshkey
+from . import autostop as autostops
+from . import bootstrap, budget, providers, sshconfig, sshkey
 from .handle import Box
 from .config import Settings
 from .errors import FerryError, NoInstanceError, UsageError, cmd
 from .providers.base import CLONE, GPU, MODIFY, OWNED, SPEC_NEEDS, STOP
 from .records import Instance, InstanceSpec, Status, check_name
+from .registry import MACHINE_LABEL, Registry, machine_id
 from .store import ProjectState, locked
 
 if TYPE_CHECKING:
@@ -39,7 +41,8 @@ def launch(c: "Context | Settings | None" = None, *, name: str | None = None, pr
            gpu: str | None = None, gpu_count: int | None = None, spot: bool = False, max_price: float | None = None,
            image: str | None = None, disk: int | None = None, volume: int | None = None, ports: Sequence[int] = (),
            region: str | None = None, timeout: float | None = None, spec: InstanceSpec | None = None,
-           make_current: bool = True) -> Box:
+           make_current: bool = True, autostop: str | None = None, autostop_action: str | None = None,
+           max_cost: str | float | None = None, autostop_key: bool = False) -> Box:
     """Reuse, start or create the named instance; return its Box, reachable, bootstrapped and (by default) current.
 
     Idempotent by name: the cloud is asked for the name first, and a create
@@ -47,6 +50,12 @@ def launch(c: "Context | Settings | None" = None, *, name: str | None = None, pr
     already records on a provider means that provider. Launches of one name
     take turns (a lock per user, provider and name), so two at once make one
     instance and both succeed.
+
+    Autostop is on unless ``autostop="off"``: ``autostop`` (idle time,
+    default ``ferry.autostop``), ``autostop_action`` (stop|terminate),
+    ``max_cost`` (dollars) and ``autostop_key`` (Thunder: put the account key
+    on the instance so it can delete itself). A reused instance keeps the
+    policy it has unless one of these is given.
     """
     settings = Settings.of(c)
     spec = spec or InstanceSpec(name="", gpu=gpu, gpu_count=gpu_count or (1 if gpu else 0), image=image,
@@ -62,18 +71,41 @@ def launch(c: "Context | Settings | None" = None, *, name: str | None = None, pr
     # Look for the name where the create would go, or a second --region launch would rent a twin.
     cloud = providers.get(provider_name, settings, overrides={"lookup_region": spec.region} if spec.region else None)
     check_spec(cloud, spec)
+    explicit = autostop is not None or autostop_action is not None or max_cost is not None or autostop_key
+    chosen = _autostop_policy(settings, cloud, autostop, autostop_action, max_cost, autostop_key)
+    if chosen is not None:
+        spec.options.setdefault("self_stop_action", chosen.action)  # EC2: the shutdown behaviour at create
     key = sshkey.private_key_path(settings.ssh_key, settings.home)
     spec.provider, spec.public_key = provider_name, sshkey.public_key(key)
-    spec.labels = {providers.PROJECT_LABEL: settings.project, **spec.labels}
+    spec.labels = {providers.PROJECT_LABEL: settings.project, MACHINE_LABEL: machine_id(settings.home), **spec.labels}
 
     with locked(settings.home / "locks" / f"{provider_name}-{spec.name}.lock"):
-        handle = _launch_locked(settings, cloud, spec, timeout)
+        handle = _launch_locked(settings, cloud, spec, timeout, chosen, explicit)
     state = project_state(settings)
     before = state.current_name()
     if state.record(handle.instance, make_current=make_current) and before:
         log.info("the project's current instance is now %s (was %s)", handle.name, before)
     sshconfig.remember(handle)
+    Registry(settings.home).add(handle.instance, settings.project_dir,
+                                autostop=chosen.to_dict() if chosen and (explicit or handle.created) else None)
+    if chosen is not None and (explicit or handle.created):
+        autostops.announce(handle, cloud, chosen)
     return handle
+
+
+def _autostop_policy(settings: Settings, cloud: "Cloud", idle: str | None, action: str | None,
+                     max_cost: str | float | None, key: bool) -> "autostops.Policy | None":
+    """The policy a launch gives its instance (None where instances cannot stop themselves: ssh hosts)."""
+    path = autostops.self_stop_of(cloud)
+    if path is None:
+        if idle not in (None, "off") or action or max_cost is not None or key:
+            raise UsageError(f"ferry does not own {cloud.name} instances, so it cannot stop them",
+                             hint="drop --autostop, --autostop-action, --max-cost and --autostop-key")
+        return None
+    if key and not path.needs_key:
+        raise UsageError(f"{cloud.name} instances stop themselves without your API key ({path.summary})",
+                         hint="drop --autostop-key: it is only for Thunder, whose API has no narrower credential")
+    return autostops.policy(settings, cloud, idle=idle, action=action, max_cost=max_cost, key=key)
 
 
 def _provider_for_name(settings: Settings, name: str, asked: str | None) -> str | None:
@@ -89,12 +121,14 @@ def _provider_for_name(settings: Settings, name: str, asked: str | None) -> str 
     return recorded.provider
 
 
-def _launch_locked(settings: Settings, cloud: "Cloud", spec: InstanceSpec, timeout: float | None) -> Box:
+def _launch_locked(settings: Settings, cloud: "Cloud", spec: InstanceSpec, timeout: float | None,
+                   chosen: "autostops.Policy | None" = None, explicit: bool = False) -> Box:
     provider_name = cloud.name
     existing = cloud.find(spec.name)
     created = False
     if existing is None:
         check_creatable(cloud, spec)
+        budget.check_launch(settings, cloud, spec)
         log.info("creating %s instance %s", provider_name, spec.name)
         try:
             instance = cloud.create(spec)
@@ -111,9 +145,14 @@ def _launch_locked(settings: Settings, cloud: "Cloud", spec: InstanceSpec, timeo
         instance = existing
 
     handle = Box(settings, instance)
+    handle.created = created
     try:
         bootstrap.wait_until_reachable(handle, cloud, timeout or settings.launch_timeout, fresh=created)
         handle.instance = bootstrap.install(handle, cloud)
+        if chosen is not None:
+            if explicit and not created:
+                cloud.set_self_stop_action(handle.instance.id, chosen.action)
+            autostops.configure(handle, cloud, chosen, keep_existing=not (created or explicit))
     except BaseException as exc:
         if created:
             _clean_up_failed_create(cloud, handle.instance, exc)
@@ -144,7 +183,7 @@ def check_creatable(cloud: "Cloud", spec: InstanceSpec) -> None:
 
 
 def launch_many(c: "Context | Settings | None", count: int, *, name: str | None = None, provider: str | None = None,
-                spec: InstanceSpec | None = None, timeout: float | None = None) -> list[Box]:
+                spec: InstanceSpec | None = None, timeout: float | None = None, **autostop: Any) -> list[Box]:
     """``--count N``: instances ``<name>-0 .. <name>-N-1`` sharing a group label, launched concurrently.
 
     Each launch keeps its own cleanup guarantee; if any fails, the error is
@@ -163,7 +202,7 @@ def launch_many(c: "Context | Settings | None", count: int, *, name: str | None 
         specs.append(one)
     pool = ThreadPoolExecutor(max_workers=min(count, 16))
     futures = [pool.submit(launch, settings, name=s.name, provider=provider, spec=s, timeout=timeout,
-                           make_current=i == 0) for i, s in enumerate(specs)]
+                           make_current=i == 0, **autostop) for i, s in enumerate(specs)]
     try:
         wait(futures)
     except KeyboardInterrupt:
@@ -243,6 +282,7 @@ def _record(handle: Box, fresh: Instance) -> Box:
     fresh.workdir_root = fresh.workdir_root or handle.instance.workdir_root
     handle.instance = fresh
     project_state(handle.settings).record(fresh, make_current=False)
+    Registry(handle.settings.home).ensure(fresh, handle.settings.project_dir)
     return handle
 
 
@@ -277,21 +317,36 @@ def start(handle: Box, timeout: float | None = None) -> Box:
     _record(handle, cloud.start(handle.instance.id))
     bootstrap.wait_until_reachable(handle, cloud, timeout or handle.settings.launch_timeout)
     handle.instance = bootstrap.install(handle, cloud)
+    chosen = _autostop_policy(handle.settings, cloud, None, None, None, False)
+    if chosen is not None:  # its agent again (cron may be missing), with the policy it had
+        autostops.configure(handle, cloud, chosen, keep_existing=True)
     sshconfig.remember(handle)  # a started instance may answer at a new address
     return _record(handle, handle.instance)
 
 
 def terminate(handle: Box) -> None:
-    from . import known_hosts
-
     cloud = handle.cloud()
     _owned(handle, cloud, "terminate")
     if handle.instance.ssh:
         handle.remote.close()
-        known_hosts.forget(handle.instance.ssh, handle.settings.home)
     cloud.terminate(handle.instance.id)
+    forget_terminated(handle)
+
+
+def forget_terminated(handle: Box) -> None:
+    """What ferry keeps about an instance that is gone: the project's record, the registry, ssh entry and pin."""
+    from . import known_hosts
+
+    if handle.instance.ssh:
+        known_hosts.forget(handle.instance.ssh, handle.settings.home)
     project_state(handle.settings).forget(handle.name)
+    Registry(handle.settings.home).remove(handle.provider, handle.instance.id)
     sshconfig.forget(handle)
+
+
+def record_stopped(handle: Box, fresh: Instance) -> Box:
+    """An instance that stopped itself (autostop, --then stop): recorded as the cloud now shows it."""
+    return _record(handle, fresh)
 
 
 # -- reshaping: in place, or as a new instance like this one ----------------------------------------

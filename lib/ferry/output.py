@@ -60,6 +60,11 @@ def _console(stream):
                    force_terminal=colour(stream), emoji=False, markup=False)
 
 
+def console(stream=None):
+    """A rich Console on ``stream`` (stdout), coloured only on a terminal."""
+    return _console(stream or sys.stdout)
+
+
 _live_status = [False]  # a status line is on the terminal, to be cleared before anything else is printed
 
 
@@ -96,6 +101,9 @@ def emit_json(document: Any) -> None:
     sys.stdout.flush()
 
 
+WRAPPABLE = frozenset({"AUTOSTOP", "SSH", "COMMAND", "LABEL", "PROJECT"})
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence[str] = ()) -> None:
     """An aligned table on stdout, ``right`` columns (money) right-aligned; on a terminal rich's, states coloured."""
     if not rows:
@@ -111,8 +119,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence
     from rich.text import Text
 
     grid = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 2, 0, 0), header_style="bold")
-    for header in headers:
-        grid.add_column(header, justify="right" if header in right else "left", no_wrap=True)
+    for header in headers:  # on a narrow terminal the long text columns wrap; names, states and money never do
+        grid.add_column(header, justify="right" if header in right else "left", no_wrap=header not in WRAPPABLE)
     for row in rows:
         cells = []
         for value in row:

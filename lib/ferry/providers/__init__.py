@@ -141,6 +141,12 @@ class Cloud:
     def modify(self, instance_id: str, changes: dict[str, Any]) -> None:
         return self._retry(lambda: self.provider.modify(instance_id, changes))  # type: ignore[attr-defined]
 
+    def set_self_stop_action(self, instance_id: str, action: str) -> None:
+        """Make the instance's own shutdown mean ``action`` where the cloud decides that (EC2); else nothing."""
+        hook = getattr(self.provider, "set_self_stop_action", None)
+        if hook is not None:
+            self._retry(lambda: hook(instance_id, action))
+
     def spec_of(self, instance: Instance) -> InstanceSpec:
         return self.provider.spec_of(instance)  # type: ignore[attr-defined]
 

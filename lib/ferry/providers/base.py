@@ -48,6 +48,21 @@ class KeySource(NamedTuple):
     files: tuple[str, ...] = ()
 
 
+class SelfStop(NamedTuple):
+    """How an instance of a cloud stops itself (ferry-agent's SELF_STOP), declared by the module as ``SELF_STOP``.
+
+    ``path`` is what the agent does (local, ec2, runpod, vast, thunder);
+    ``summary`` says it in a few words for ``launch``; ``how`` in a sentence
+    for ``doctor``; ``needs_key``: only with the account key on the instance
+    (``launch --autostop-key``), because the cloud has no narrower credential.
+    """
+
+    path: str
+    summary: str
+    how: str
+    needs_key: bool = False
+
+
 class ProviderConfig:
     """What a provider module's ``make`` receives: its settings block and a way to get its key.
 

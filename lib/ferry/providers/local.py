@@ -23,12 +23,14 @@ from ..records import Instance, InstanceSpec, Offer, SSHEndpoint, Status
 from ..sshd import LoopbackSshd, pid_alive, wait_gone
 from ..store import JsonStore
 from ..tools import require
-from .base import OWNED, SSH, STOP
+from .base import OWNED, SSH, STOP, SelfStop
 
 MARKER = "FERRY_LOCAL_INSTANCE"
 
-DEFAULTS = {"root": None}  # where instances live; default ~/.ferry/local
+DEFAULTS = {"root": None, "price": 0.0}  # where instances live (default ~/.ferry/local); $/h to count (demos, tests)
 API_KEY = None
+SELF_STOP = SelfStop("local", "its agent powers it off as `ferry stop` would",
+                     "the instance's agent ends its sshd and every process it started, as `ferry stop` does")
 SDK = None
 EXTRA = None
 GPUS: dict[str, str] = {}
@@ -36,15 +38,16 @@ STATUS = {"sshd running": Status.RUNNING, "sshd stopped": Status.STOPPED}
 
 
 def make(cfg) -> "LocalProvider":
-    return LocalProvider(root=cfg.settings.get("root") or cfg.home / "local")
+    return LocalProvider(root=cfg.settings.get("root") or cfg.home / "local", price=float(cfg.settings.get("price") or 0.0))
 
 
 class LocalProvider:
     name = "local"
     capabilities = frozenset({STOP, OWNED, SSH})
 
-    def __init__(self, root: str | os.PathLike | None = None):
+    def __init__(self, root: str | os.PathLike | None = None, price: float = 0.0):
         self.root = Path(root).expanduser() if root else Path.home() / ".ferry" / "local"
+        self.price = price  # nothing is billed; a price lets cost, budget and --max-cost be tried for free
 
     # -- helpers ---------------------------------------------------------------
     def _dir(self, instance_id: str) -> Path:
@@ -74,7 +77,7 @@ class LocalProvider:
             status=STATUS["sshd running" if running else "sshd stopped"],
             gpu=None,
             gpu_count=0,
-            cost_per_hour=0.0,
+            cost_per_hour=self.price,
             ssh=SSHEndpoint("127.0.0.1", sshd.port(), getpass.getuser()) if running else None,
             remote_home=home,
             workdir_root=home,
@@ -147,7 +150,7 @@ class LocalProvider:
         _remove(directory)
 
     def offers(self, gpu: str | None, count: int) -> list[Offer]:
-        return [Offer(provider=self.name, gpu="none", gpu_count=0, cost_per_hour=0.0, region="localhost")]
+        return [Offer(provider=self.name, gpu="none", gpu_count=0, cost_per_hour=self.price, region="localhost")]
 
     # -- power off -----------------------------------------------------------------
     def _kill_instance_processes(self, instance_id: str) -> None:

@@ -46,13 +46,16 @@ from ..errors import ConfigError, ProviderError, TransientError, cmd
 from ..records import Instance, InstanceSpec, Offer, SSHEndpoint, Status
 from ..sshkey import KeyLine
 from . import sdk
-from .base import GPU, IMAGE, OFFERS, OWNED, PORTS, REGION, SPOT, SSH, STOP, VOLUME, KeySource
+from .base import GPU, IMAGE, OFFERS, OWNED, PORTS, REGION, SPOT, SSH, STOP, VOLUME, KeySource, SelfStop
 
 log = logging.getLogger(__name__)
 
 DEFAULTS = {"ssh_user": "root", "api_url": None, "image": "runpod/pytorch:2.4.0-py3.11-cuda12.4.1-devel-ubuntu22.04",
             "cloud_type": "ALL", "disk": 50, "volume": 0, "workdir": "/workspace"}
 API_KEY = KeySource("RUNPOD_API_KEY", (".runpod/api_key", ".runpod/config.toml"))
+SELF_STOP = SelfStop("runpod", "RunPod's API with the pod's own Pod-scoped key",
+                     "RunPod's API (podStop/podTerminate) with the pod's own Pod-scoped key, RUNPOD_API_KEY and "
+                     "RUNPOD_POD_ID in the pod; your account key stays here")
 SDK = "runpod"
 EXTRA = "runpod"
 GPUS = {

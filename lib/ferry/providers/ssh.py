@@ -32,6 +32,7 @@ from .base import SSH
 
 DEFAULTS: dict[str, Any] = {}  # the hosts themselves are ferry.hosts
 API_KEY = None
+SELF_STOP = None  # ferry does not own these hosts: nothing stops them but their owner
 SDK = None
 EXTRA = None
 GPUS: dict[str, str] = {}

@@ -41,12 +41,15 @@ from ..errors import ProviderError, TransientError, cmd
 from ..records import Instance, InstanceSpec, Offer, SSHEndpoint, Status
 from ..sshkey import KeyLine
 from . import sdk
-from .base import GPU, IMAGE, OFFERS, OWNED, PORTS, REGION, SPOT, SSH, STOP, KeySource, translated
+from .base import GPU, IMAGE, OFFERS, OWNED, PORTS, REGION, SPOT, SSH, STOP, KeySource, SelfStop, translated
 
 T = TypeVar("T")
 
 DEFAULTS = {"ssh_user": "root", "api_url": None, "image": "pytorch/pytorch:2.4.0-cuda12.4-cudnn9-devel", "disk": 50}
 API_KEY = KeySource("VAST_API_KEY", (".config/vastai/vast_api_key", ".vast_api_key"))
+SELF_STOP = SelfStop("vast", "vast's API with the instance's own CONTAINER_API_KEY",
+                     "vast's API (PUT state=stopped / DELETE) with the instance's own CONTAINER_API_KEY and "
+                     "CONTAINER_ID; your account key stays here")
 SDK = "vastai"
 EXTRA = "vast"
 GPUS = {
@@ -81,6 +84,15 @@ STATUS = {
 
 RAW_FIELDS = ("actual_status", "intended_status", "cur_state", "status_msg", "machine_id", "geolocation",
               "is_bid", "image_uuid", "disk_space", "offer_id")
+
+
+def _storage(row: Mapping[str, Any]) -> dict[str, float]:
+    """What the instance's disk bills per hour (vast bills storage while stopped): $/GB/month x GB / 730 h."""
+    try:
+        per_hour = float(row["storage_cost"]) * float(row["disk_space"]) / 730.0
+    except (KeyError, TypeError, ValueError):
+        return {}
+    return {"storage_per_hour": round(per_hour, 6)}
 
 
 def make(cfg) -> "VastProvider":
@@ -202,7 +214,7 @@ class VastProvider:
             ssh=self._endpoint(row) if status == Status.RUNNING else None,
             labels=self._labels(row) or {},
             created_at=float(row.get("start_date") or time.time()),
-            raw={k: row.get(k) for k in RAW_FIELDS if k in row},
+            raw={**{k: row.get(k) for k in RAW_FIELDS if k in row}, **_storage(row)},
         )
 
     # -- the contract ------------------------------------------------------------

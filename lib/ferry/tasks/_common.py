@@ -23,7 +23,9 @@ METAVARS = {"name": "NAME", "job": "JOB", "provider": "PROVIDER", "gpu": "GPU", 
             "env": "KEY=VALUE", "cwd": "DIR", "label": "LABEL", "then": "stop|terminate", "path": "PATH",
             "backup-dir": "DIR", "include": "PATTERN", "exclude": "PATTERN", "delete": "sent|never",
             "credentials": "DIR", "signal": "SIGNAL", "tail": "N", "port": "PORT[:LOCAL]", "cpu": "N", "to": "NAME",
-            "id": "ID", "command": "COMMAND"}
+            "id": "ID", "command": "COMMAND", "autostop": "DURATION|off", "autostop-action": "stop|terminate",
+            "max-cost": "DOLLARS", "idle": "DURATION|off", "action": "stop|terminate",
+            "interval": "DURATION"}
 
 
 class FerryTask(Task):

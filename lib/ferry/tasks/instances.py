@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ._common import NAME_HELP, ferry_task
 
-HEADERS = ["NAME", "PROVIDER", "STATUS", "GPU", "$/H", "UPTIME", "COST", "SSH"]
+HEADERS = ["NAME", "PROVIDER", "STATUS", "GPU", "$/H", "UPTIME", "COST", "AUTOSTOP", "SSH"]
 MONEY = ("$/H", "COST")
 
 LAUNCH_HELP = {
@@ -21,12 +21,16 @@ LAUNCH_HELP = {
     "region": "region or data centre",
     "count": "launch N instances named <name>-0 .. <name>-N-1 (a fleet)",
     "launch-timeout": "how long to wait until the instance answers ssh (600, 90s, 10m); then it is terminated",
+    "autostop": "stop it after this long idle (default ferry.autostop, 30m); off: never",
+    "autostop-action": "what autostop does: stop (default where the cloud can) or terminate",
+    "autostop-key": "Thunder only: put your API token on the instance so it can delete itself (launch says so)",
+    "max-cost": "stop it once it has cost this many dollars (default ferry.budget.max_cost_per_instance)",
     "json": "print one JSON document",
 }
 
 
-def row(i) -> list:
-    """One instance as a table row (ls, status)."""
+def row(i, agent=None) -> list:
+    """One instance as a table row (ls, status); ``agent``: its autostop state, where it was asked."""
     from ..clouds import cost_so_far, uptime
     from ..flags import human
 
@@ -34,20 +38,32 @@ def row(i) -> list:
     gpu = f"{i.gpu_count}x {i.gpu}" if i.gpu and i.gpu_count > 1 else (i.gpu or "-")
     up = uptime(i)
     return [i.name, i.provider, i.status.value, gpu, f"{i.cost_per_hour:.2f}", human(up) if up else "-",
-            f"{cost_so_far(i):.2f}", endpoint]
+            f"{cost_so_far(i):.2f}", agent.column() if agent is not None else "-", endpoint]
 
 
-def as_json(i, current: str | None = None) -> dict:
+def as_json(i, current: str | None = None, agent=None) -> dict:
     """One instance as ``ls --json`` and ``status --json`` show it."""
     from ..clouds import cost_so_far, uptime
 
     return {**i.to_dict(), "current": i.name == current, "uptime_seconds": uptime(i),
-            "cost_so_far": round(cost_so_far(i), 4)}
+            "cost_so_far": round(cost_so_far(i), 4), "autostop": agent.to_dict() if agent is not None else None}
+
+
+def agents(settings, instances) -> dict:
+    """Autostop state of each running instance this machine launched (one exec each, in parallel)."""
+    from .. import autostop
+    from ..handle import Box
+    from ..registry import Registry, key_of
+
+    known = Registry(settings.home).entries()
+    return autostop.read_many([Box(settings, i) for i in instances
+                               if i.provider != "ssh" and key_of(i.provider, i.id) in known])
 
 
 @ferry_task(help=LAUNCH_HELP)
 def launch(c, name=None, provider=None, gpu=None, gpus=None, image=None, disk=None, volume=None, ports=None,
-           spot=False, max_price=None, region=None, count=None, launch_timeout=None, json=False):
+           spot=False, max_price=None, region=None, count=None, launch_timeout=None, autostop=None,
+           autostop_action=None, autostop_key=False, max_cost=None, json=False):
     """Create, start or reuse an instance (or --count of them) and make it the project's current one."""
     from .. import flags, lifecycle, output, providers
     from ..records import InstanceSpec, check_name
@@ -64,10 +80,14 @@ def launch(c, name=None, provider=None, gpu=None, gpus=None, image=None, disk=No
     )
     timeout = flags.duration(launch_timeout, "--launch-timeout")
     instances = flags.count(count, "--count") or 1
+    if autostop_action is not None:
+        flags.choice(autostop_action, "--autostop-action", ("stop", "terminate"))
+    stopping = dict(autostop=autostop, autostop_action=autostop_action, autostop_key=bool(autostop_key),
+                    max_cost=flags.number(max_cost, "--max-cost") if max_cost is not None else None)
     if instances > 1:
-        made = lifecycle.launch_many(c, instances, name=name, provider=provider, spec=spec, timeout=timeout)
+        made = lifecycle.launch_many(c, instances, name=name, provider=provider, spec=spec, timeout=timeout, **stopping)
     else:
-        made = [lifecycle.launch(c, name=name, provider=provider, spec=spec, timeout=timeout)]
+        made = [lifecycle.launch(c, name=name, provider=provider, spec=spec, timeout=timeout, **stopping)]
     if json:
         output.emit_json(made[0].instance.to_dict() if len(made) == 1 else [b.instance.to_dict() for b in made])
         return
@@ -94,10 +114,11 @@ def ls(c, json=False, all=False):
     else:
         instances = [lifecycle.refresh(Box(settings, i)).instance for i in state.instances()]
     current = state.current_name()
+    seen = agents(settings, instances)
     if json:
-        output.emit_json([as_json(i, current) for i in instances])
+        output.emit_json([as_json(i, current, seen.get(i.id)) for i in instances])
     elif instances:
-        output.table(HEADERS, [row(i) for i in instances], right=MONEY)
+        output.table(HEADERS, [row(i, seen.get(i.id)) for i in instances], right=MONEY)
     else:
         output.note("no instances" + ("" if all else f" yet; launch one: {cmd('launch')}"))
     for name, reason in skipped.items():
@@ -111,12 +132,13 @@ def status(c, name=None, json=False):
     from ..handle import get as get_box
 
     box = get_box(c, name).refresh()
+    seen = agents(box.settings, [box.instance]).get(box.instance.id)
     if json:
         from ..store import ProjectState
 
-        output.emit_json(as_json(box.instance, ProjectState(box.project_dir).current_name()))
+        output.emit_json(as_json(box.instance, ProjectState(box.project_dir).current_name(), seen))
         return
-    output.table(HEADERS, [row(box.instance)], right=MONEY)
+    output.table(HEADERS, [row(box.instance, seen)], right=MONEY)
     if box.instance.remote_home:
         print(f"workdir: {box.workdir}")
 

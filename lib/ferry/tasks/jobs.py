@@ -41,7 +41,7 @@ def _detached(job_id, extra: str = ""):
     "label": "a label to find the job by in `jobs`",
     "wait-for": "return 0 once a log line matches this regular expression, leaving the job running",
     "wait-timeout": "with --wait-for: give up (exit 1) after this long; the job keeps running",
-    "then": "stop or terminate the instance after the job succeeds",
+    "then": "the instance stops or terminates itself after the job succeeds, also with ferry gone or --detach",
     "then-always": "with --then: act whatever the job's outcome",
     "no-sync": "run without first sending what changed in the project (ferry.run.sync: false does it always)",
 })
@@ -49,22 +49,20 @@ def run(c, command, name=None, detach=False, env=None, cwd=None, timeout=None, l
         wait_for=None, wait_timeout=None, then=None, then_always=False, no_sync=False):
     """Run COMMAND in tmux on the instance; stream its output and exit with its exit code."""
     from .. import flags, jobs, output
+    from .. import then as then_
     from ..handle import get as get_box
     from ..errors import UsageError, cmd
 
     options = dict(env=flags.env_pairs(env), cwd=cwd, label=label, timeout=flags.duration(timeout, "--timeout"))
     wait_seconds = flags.duration(wait_timeout, "--wait-timeout")
     if then is not None:
-        flags.choice(then, "--then", jobs.THEN_ACTIONS)
-    if then is not None and (detach or wait_for):
-        raise UsageError(f"--then {then} needs ferry to see the job end",
-                         hint=f"drop --detach/--wait-for, or stop the instance later: {cmd('wait')} && {cmd('stop')}")
+        flags.choice(then, "--then", then_.ACTIONS)
     if wait_seconds and not wait_for:
         raise UsageError("--wait-timeout needs --wait-for", hint='e.g. --wait-for "Listening on" --wait-timeout 5m')
     if then_always and then is None:
         raise UsageError("--then-always needs --then stop or --then terminate", hint="add --then stop (or terminate)")
     box = get_box(c, name)
-    jobs.check_then(box, then)
+    then_.check(box, then, unattended=bool(detach or wait_for))
     if not no_sync and (box.settings.data.get("run") or {}).get("sync", True):
         from ..sync import upload
 
@@ -72,18 +70,25 @@ def run(c, command, name=None, detach=False, env=None, cwd=None, timeout=None, l
         if sent.how != "unchanged":
             output.note(f"synced {sent.files} changed file{'s' if sent.files != 1 else ''} first "
                         "(--no-sync runs what the instance has)")
+    then_.prepare(box, then)
     try:
-        done = box.run(command, warn=True, detach=detach, wait_for=wait_for, wait_timeout=wait_seconds, **options)
+        done = box.run(command, warn=True, detach=detach, wait_for=wait_for, wait_timeout=wait_seconds,
+                       then=then, then_always=then_always, **options)
     except jobs.Detached as detached:
-        raise _detached(detached.ref, f" --then {then} was not applied." if then else "") from None
+        carried = then and then_.acts_itself(box)
+        raise _detached(detached.ref, (f" {box.name} still {then}s itself when it ends (--then)." if carried else
+                                       f" --then {then} was not applied.") if then else "") from None
     if detach:
         print(done.ref)
+        if then:
+            output.note(f"{box.name} {then}s itself when job {done.ref} "
+                        f"{'ends' if then_always else 'succeeds'} (--then {then})")
         return
     if wait_for:
         output.note(f"job {done.ref} is ready (matched {wait_for!r}) and keeps running; "
                     f"follow: {cmd(f'logs -f -j {done.ref}')}   stop: {cmd(f'kill -j {done.ref}')}")
         return
-    jobs.then(box, done, then, always=then_always)
+    then_.after(box, done, then, always=then_always)
     _exit_with(done)
 
 

@@ -32,13 +32,16 @@ from typing import Any, Mapping
 from ... import backoff, gpus
 from ...errors import ProviderError, cmd
 from ...records import Instance, InstanceSpec, Offer, SSHEndpoint, Status
-from ..base import GPU, IMAGE, OFFERS, OWNED, REGION, SPOT, SSH, STOP
+from ..base import GPU, IMAGE, OFFERS, OWNED, REGION, SPOT, SSH, STOP, SelfStop
 from . import prices
 from .aws import GONE_CODES, AWSError, Clients, call
 
 DEFAULTS = {"ssh_user": "ubuntu", "endpoint_url": None, "region": "us-east-1", "ami": None, "disk": 100,
             "volume_type": "gp3", "owner": None, "ssh_port": None}
 API_KEY = None  # boto3's own credential chain
+SELF_STOP = SelfStop("ec2", "`shutdown -h now`, no credentials on the instance",
+                     "`shutdown -h now` on the instance; ferry sets its shutdown behaviour to stop or terminate "
+                     "(InstanceInitiatedShutdownBehavior), so no credentials are on the instance")
 SDK = "boto3"
 EXTRA = "aws"
 GPUS = {
@@ -196,6 +199,8 @@ class EC2Provider:
             "TagSpecifications": [{"ResourceType": "instance", "Tags": tags},
                                   {"ResourceType": "volume", "Tags": tags}],
         }
+        if spec.options.get("self_stop_action") in ("stop", "terminate"):  # what `shutdown -h now` on it means
+            params["InstanceInitiatedShutdownBehavior"] = spec.options["self_stop_action"]
         if spec.spot:
             options: dict[str, Any] = {"SpotInstanceType": "persistent", "InstanceInterruptionBehavior": "stop"}
             if spec.max_price:
@@ -220,6 +225,12 @@ class EC2Provider:
         region, iid = self._split(instance_id)
         call("stop the instance", self._client("ec2", region).stop_instances, InstanceIds=[iid])
         return self._after(instance_id)
+
+    def set_self_stop_action(self, instance_id: str, action: str) -> None:
+        """``shutdown -h now`` on the instance (its agent's autostop, a job's --then) will ``action`` it."""
+        region, iid = self._split(instance_id)
+        call("set the shutdown behaviour", self._client("ec2", region).modify_instance_attribute,
+             InstanceId=iid, InstanceInitiatedShutdownBehavior={"Value": action})
 
     def terminate(self, instance_id: str) -> None:
         region, iid = self._split(instance_id)

@@ -26,7 +26,7 @@ from ... import gpus
 from ...errors import ConfigError, FerryError, ProviderError, TransientError, UsageError, cmd
 from ...records import Instance, InstanceSpec, Offer, SSHEndpoint, Status
 from ...sshkey import KeyLine
-from ..base import CLONE, GPU, MODIFY, OFFERS, OWNED, SSH, KeySource, unsupported
+from ..base import CLONE, GPU, MODIFY, OFFERS, OWNED, SSH, KeySource, SelfStop, unsupported
 from .api import NotFound, ThunderAPI
 from .names import NameBook, as_int, epoch, owns
 
@@ -53,6 +53,10 @@ STATUS: dict[str, Status] = {
 DEFAULTS = {"ssh_user": "ubuntu", "api_url": None, "template": "base", "mode": "prototyping", "cpu_cores": 4,
             "disk": 100}
 API_KEY = KeySource("TNR_API_TOKEN", (".thunder/token",))
+SELF_STOP = SelfStop("thunder", "Thunder's API with your token, copied there by --autostop-key",
+                     "Thunder's API has no per-instance credential: an instance can delete itself only with your "
+                     "account token on it, which ferry copies (mode 600) only with launch --autostop-key",
+                     needs_key=True)
 SDK = "requests"
 EXTRA = "thunder"
 GPUS = {"H100": "h100", "A100": "a100xl", "A100-40GB": "a100", "RTXA6000": "a6000", "T4": "t4"}

@@ -1,0 +1,162 @@
+"""Autostop and --then, enforced by the instance's own agent: real sshd, tmux and agent on the local provider.
+
+The agent checks every ``ferry.autostop_check`` (1 s here, 0.5 s where a test
+waits for a non-event) and acts through the local self-stop path (its sshd
+and every process the instance started end, as ``ferry stop`` would). Every
+case ends with no ferry process alive: the deciding is the instance's alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from ferry.providers.local import LocalProvider
+
+pytestmark = pytest.mark.timeout(90)
+
+FAST = {"INVOKE_FERRY_AUTOSTOP_CHECK": "0.5s"}
+
+
+def instance_dir(home: Path) -> Path:
+    return home / ".ferry" / "local" / "proj"
+
+
+def running(home: Path) -> bool:
+    found = LocalProvider(home / ".ferry" / "local").get("proj")
+    return bool(found and found.status.value == "RUNNING")
+
+
+def wait_until(predicate, timeout: float, step: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
+
+
+def agent_log(home: Path) -> str:
+    path = instance_dir(home) / "home" / ".ferry" / "autostop" / "log"
+    return path.read_text() if path.exists() else ""
+
+
+def holds(home: Path, seconds: float) -> bool:
+    """Still running after ``seconds``: what "it holds the instance" means."""
+    return not wait_until(lambda: not running(home), seconds)
+
+
+def test_an_idle_instance_stops_itself_and_starts_its_agent_again_after_a_restart(ferry, home):
+    proc = ferry.ok("launch", "--autostop", "2s", env=FAST)
+    assert "autostop: proj stops itself after 2s idle" in proc.stderr
+    shown = json.loads(ferry.ok("status", "--json", env=FAST).stdout)["autostop"]
+    assert shown["agent"] == "running" and shown["idle"] == "2" and shown["action"] == "stop"
+    # Nothing of ferry's runs now (its ControlMaster does, and does not count): the instance decides alone.
+    assert wait_until(lambda: not running(home), 10), "an idle instance stops within the window"
+    assert "acting: stop (idle for" in agent_log(home)
+    assert "STOPPED" in ferry.ok("ls").stdout
+
+    # A restart (a reboot, to the instance) brings the agent back with a fresh clock, and the same policy.
+    ferry.ok("start", env=FAST)
+    assert running(home)
+    assert wait_until(lambda: not running(home), 10), f"the restarted agent stops it again:\n{agent_log(home)}"
+    assert agent_log(home).count("acting: stop") == 2
+
+
+def test_a_running_job_holds_the_instance_until_it_ends(ferry, home, project):
+    ferry.ok("launch", "--autostop", "1s", env=FAST)
+    release = instance_dir(home) / "home" / "proj" / "release"
+    ferry.ok("run", "--detach", "while [ ! -f release ]; do sleep 0.1; done", env=FAST)
+    assert holds(home, 3), "a running job keeps the instance up past the idle time"
+    assert "busy: 1 job(s) running" in agent_log(home)
+    release.write_text("go")
+    assert wait_until(lambda: not running(home), 10), "once the job ends, idle time counts and it stops"
+
+
+def test_an_interactive_session_holds_it_and_an_ssh_forward_does_not(ferry, home, project):
+    ferry.ok("launch", "--autostop", "1s", env=FAST)
+    printed = ferry.ok("ssh", "--print").stdout.strip()
+    forward = subprocess.Popen([*ssh_words(printed, tty=False), "-N", "-L", "0:127.0.0.1:9"],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    main, secondary = pty.openpty()
+    session = subprocess.Popen([*ssh_words(printed, tty=True)], stdin=secondary, stdout=secondary, stderr=secondary,
+                               env={**os.environ, "TERM": "xterm"})
+    os.close(secondary)
+    try:
+        assert holds(home, 3), "a shell with a terminal holds the instance"
+        assert "interactive ssh session" in agent_log(home)
+        os.write(main, b"exit\n")
+        session.wait(timeout=20)
+        assert wait_until(lambda: not running(home), 10), "the forward alone does not hold it"
+    finally:
+        for proc in (session, forward):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+        os.close(main)
+
+
+def ssh_words(printed: str, tty: bool) -> list[str]:
+    """``ferry ssh --print``'s command, as argv: with its terminal, or as a plain connection (no command)."""
+    import shlex
+
+    words = shlex.split(printed)
+    if tty:
+        return words
+    words = [w for w in words if w not in ("-t", "-tt")]
+    return words[:-1]  # the remote command (cd to the workdir, a login shell) goes; -N takes its place
+
+
+def test_max_cost_stops_it_when_price_times_uptime_reaches_the_limit(ferry, home):
+    env = {**FAST, "INVOKE_FERRY_PROVIDERS_LOCAL_PRICE": "3600"}  # a dollar a second
+    proc = ferry.ok("launch", "--autostop", "off", "--max-cost", "2", env=env)
+    assert "once it has cost $2" in proc.stderr or "at $2 spent" in proc.stderr
+    assert wait_until(lambda: not running(home), 12)
+    log = agent_log(home)
+    assert "cost so far $" in log and "reached the limit $2" in log
+    assert "idle for" not in log, "autostop itself was off: the cost limit did it"
+
+
+def test_then_terminate_after_detach_is_carried_out_with_the_client_gone(ferry, home, project):
+    ferry.ok("launch", "--autostop", "off")
+    proc = ferry.ok("run", "--detach", "--then", "terminate", "while [ ! -f release ]; do sleep 0.1; done")
+    assert "proj terminates itself when job 1 succeeds" in proc.stderr
+    (instance_dir(home) / "home" / "proj" / "release").write_text("go")  # ferry is long gone
+    assert wait_until(lambda: not instance_dir(home).exists(), 20), \
+        f"the instance terminated itself: {agent_log(home)} {sorted(instance_dir(home).rglob('*'))[:20]}"
+    assert "TERMINATED" in ferry.ok("ls").stdout or "no instances" in ferry.ok("ls").stderr
+
+
+def test_then_stop_attached_is_done_by_the_instance_and_confirmed(ferry, home, project):
+    ferry.ok("launch", "--autostop", "off")
+    proc = ferry("run", "--then", "stop", "echo finished")
+    assert proc.returncode == 0 and "finished" in proc.stdout, proc.stderr
+    assert "proj stops itself now (--then stop)" in proc.stderr and "proj stopped (--then stop)" in proc.stderr
+    assert not running(home)
+    assert "--then stop) via local" in agent_log(home), "the instance acted, not the client"
+    failed = ferry.ok("start") and ferry("run", "--then", "stop", "exit 3")
+    assert failed.returncode == 3 and "was left running" in failed.stderr and running(home)
+
+
+def test_autostop_changes_on_a_running_instance(ferry, home):
+    ferry.ok("launch", "--autostop", "off", env=FAST)
+    assert json.loads(ferry.ok("autostop", "--json").stdout)["state"]["idle"] == "off"
+    assert "proj: off" in ferry.ok("autostop").stdout
+    proc = ferry.ok("autostop", "--idle", "1s", env=FAST)
+    assert "autostop for proj: stop after 1s idle" in proc.stderr
+    assert wait_until(lambda: not running(home), 10)
+
+
+def test_autostop_refuses_what_it_cannot_do(ferry, home):
+    from .conftest import assert_one_line_error
+
+    assert_one_line_error(ferry("launch", "--autostop", "soon"), 2)
+    assert_one_line_error(ferry("launch", "--autostop-action", "pause"), 2)
+    assert "--autostop-key" in assert_one_line_error(ferry("launch", "--autostop-key"), 2)
+    assert not instance_dir(home).exists(), "nothing was made"
