@@ -160,3 +160,63 @@ def test_autostop_refuses_what_it_cannot_do(ferry, home):
     assert_one_line_error(ferry("launch", "--autostop-action", "pause"), 2)
     assert "--autostop-key" in assert_one_line_error(ferry("launch", "--autostop-key"), 2)
     assert not instance_dir(home).exists(), "nothing was made"
+
+
+AGENT = Path(__file__).resolve().parents[1] / "lib" / "ferry" / "remote_scripts" / "ferry-agent"
+
+
+@pytest.mark.parametrize("utilisation, busy", [("37", "yes"), ("3\n0", "no"), ("0\n12", "yes")])
+def test_a_gpu_above_five_percent_counts_as_busy(tmp_path, utilisation, busy):
+    """The agent's GPU rule, with an nvidia-smi on PATH that reports what the case says (one line per GPU)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "nvidia-smi"
+    fake.write_text("#!/bin/sh\ncat <<'END'\n" + utilisation + "\nEND\n")
+    fake.chmod(0o755)
+    env = {"HOME": str(tmp_path), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    said = subprocess.run(["bash", str(AGENT), "check"], env=env, capture_output=True, text=True, timeout=20)
+    assert said.returncode == 0, said.stderr
+    assert f"gpu_busy={busy}" in said.stdout and "jobs=0" in said.stdout
+
+
+def test_without_nvidia_smi_there_is_no_gpu_to_be_busy(tmp_path):
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    said = subprocess.run(["bash", str(AGENT), "check"], env=env, capture_output=True, text=True, timeout=20)
+    assert "gpu_busy=no" in said.stdout
+
+
+def test_doctor_names_each_clouds_self_stop_path(ferry):
+    shown = ferry("doctor").stdout
+    assert "autostop on runpod: RunPod's API (podStop/podTerminate) with the pod's own Pod-scoped key" in shown
+    assert "autostop on vast: vast's API (PUT state=stopped / DELETE) with the instance's own CONTAINER_API_KEY" in shown
+    assert "autostop on ec2: `shutdown -h now` on the instance" in shown
+    assert "autostop on thunder: Thunder's API has no per-instance credential" in shown
+    assert "autostop on local:" in shown
+
+
+def test_top_is_a_live_screen_that_ctrl_c_ends_cleanly(ferry, home, project):
+    import signal
+
+    ferry.ok("launch", "--autostop", "10m")
+    main, secondary = pty.openpty()
+    proc = subprocess.Popen([*ferry_argv(), "top", "--interval", "0.2"], cwd=project, stdin=secondary,
+                            stdout=secondary, stderr=secondary, env={**os.environ, "TERM": "xterm"})
+    os.close(secondary)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and seen.count(b", stop in ") < 2:  # drawn, then redrawn
+            seen += os.read(main, 65536)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=20)
+        os.close(main)
+    text = seen.decode(errors="replace")
+    assert "proj" in text and "local" in text and seen.count(b", stop in ") >= 2, text
+    assert code == 0 and "Traceback" not in text
+
+
+def ferry_argv() -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "ferry"]
