@@ -11,6 +11,7 @@ The Python API reads like the CLI::
     box.download("outputs")
     box.stop(); box.terminate()
     same = ferry.box(name="exp1")                    # an existing instance (default: the project's current one)
+    lab = ferry.fleet(name="lab")                    # launch --count N --name lab: lab.sync(), lab.run(...), lab.map(...)
 
 Every function takes an optional Invoke Context first (``c``, inside a
 task); without one ferry reads the project's configuration as ``inv``
@@ -27,6 +28,11 @@ _EXPORTS = {
     "launch": "ferry.api",
     "launch_many": "ferry.api",
     "box": "ferry.api",
+    "fleet": "ferry.api",
+    "Fleet": "ferry.fleet",
+    "GroupResult": "ferry.fleet",
+    "FleetFailed": "ferry.fleet",
+    "MapResult": "ferry.mapdir",
     "find": "ferry.api",
     "instances": "ferry.api",
     "offers": "ferry.api",
@@ -49,13 +55,15 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "Box", "Detached", "FerryConfig", "FerryError", "Instance", "InstanceSpec", "Job", "JobFailed", "JobInfo",
+    "Box", "Detached", "FerryConfig", "FerryError", "Fleet", "FleetFailed", "GroupResult", "MapResult", "fleet", "Instance", "InstanceSpec", "Job", "JobFailed", "JobInfo",
     "JobResult", "Offer", "Settings", "Status", "SyncResult", "UsageError", "box", "find", "instances", "launch",
     "launch_many", "make_context", "offers",
 ]
 
 if TYPE_CHECKING:
-    from .api import box, find, instances, launch, launch_many, offers
+    from .api import box, find, fleet, instances, launch, launch_many, offers
+    from .fleet import Fleet, FleetFailed, GroupResult
+    from .mapdir import MapResult
     from .handle import Box
     from .config import FerryConfig, Settings, make_context
     from .errors import FerryError, JobFailed, UsageError

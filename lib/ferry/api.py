@@ -13,6 +13,7 @@ from typing import Callable, TypeVar
 
 from . import handle as boxes
 from . import clouds, lifecycle, output
+from . import fleet as fleets
 
 F = TypeVar("F", bound=Callable)
 
@@ -29,6 +30,7 @@ def _entry(fn: F) -> F:
 launch = _entry(lifecycle.launch)
 launch_many = _entry(lifecycle.launch_many)
 box = _entry(boxes.get)
+fleet = _entry(fleets.get)
 find = _entry(boxes.find)
 
 

@@ -65,6 +65,7 @@ def download(
     exclude: Sequence[str] = (),
     progress: bool | None = None,
     announce: bool = True,
+    dest: str | os.PathLike | None = None,
 ) -> SyncResult:
     """Pull the workdir (or paths in it) into the project. Never deletes a local file.
 
@@ -77,8 +78,12 @@ def download(
     (default ``.ferry/backups/``), so no earlier backup is ever overwritten.
     ``include``/``exclude`` add to ``ferry.download.include``/``exclude``
     (gitignore syntax) for the default, and are rsync patterns otherwise.
+    ``dest`` puts the files there instead of the project (a fleet's
+    ``<member>/``); backups still go under the project's ``.ferry/backups/``.
     """
-    project = box.project_dir
+    project = Path(dest) if dest else box.project_dir
+    if dest:
+        project.mkdir(parents=True, exist_ok=True)
     remote = box.remote
     source = box.workdir
     instance = box.instance
@@ -113,7 +118,9 @@ def download(
     # in its backup dir, and that file is the only copy left of the user's original.
     backups = (Path(backup_dir).expanduser() if backup_dir else Path(".ferry") / "backups") / stamp()
     if not backups.is_absolute():
-        backups = project / backups
+        backups = box.project_dir / backups
+    if dest:
+        backups = backups.with_name(f"{backups.name}-{box.name}")  # members download at once: one directory each
     rule_file = rsync.rule_file(rules)
     listing = rsync.rule_file(produced.fetch) if produced is not None else None
     conflicts: list[str] = []

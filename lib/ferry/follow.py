@@ -59,6 +59,7 @@ class JobResult:
     log_size: int = 0
     matched: bool = False  # --wait-for saw its pattern
     number: int | None = None  # the job's short number on its instance (1, 2, 3 ...)
+    seconds: float | None = None  # how long ferry followed it, where the caller measured that (fleet.run)
 
     @property
     def ok(self) -> bool:
@@ -142,6 +143,42 @@ def wrapper_error(code: int, other: str, box: "Box", job_id: str) -> FerryError 
     return JobError(said[-1])
 
 
+class Cancel:
+    """Stops followers from another thread: ``trip()`` ends their ssh execs and every reconnect after.
+
+    Used where one process follows many jobs at once (fleet.run, map): a
+    Ctrl-C reaches only the main thread, which trips this; every follower
+    then returns a "running" result at once and its job keeps running.
+    """
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self._procs: set[subprocess.Popen] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def tripped(self) -> bool:
+        return self.event.is_set()
+
+    def watch(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._procs.add(proc)
+        if self.event.is_set():
+            self.trip()
+
+    def unwatch(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._procs.discard(proc)
+
+    def trip(self) -> None:
+        self.event.set()
+        with self._lock:
+            procs = list(self._procs)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+
+
 class _Stream:
     """One ssh exec whose stdout is job output: copy it through, count bytes, collect stderr."""
 
@@ -223,20 +260,23 @@ class LineMatcher:
 
 
 def follow(box: "Box", job_id: str, offset: int = 0, out: BinaryIO | None = None, start_spec: bytes | None = None,
-           until: Callable[[bytes], bool] | None = None, deadline: float | None = None) -> JobResult:
+           until: Callable[[bytes], bool] | None = None, deadline: float | None = None,
+           window: float = RECONNECT_WINDOW, cancel: Cancel | None = None) -> JobResult:
     """Stream a job's log from byte ``offset`` until it ends; reconnect and resume on any drop.
 
     With ``start_spec`` the job is started in the same exec (idempotent, so a
     retry after a drop never starts it twice). ``until(chunk)`` returning
     True, or the monotonic ``deadline`` passing, stops early: the result then
     reads "running" (``matched`` says which). Ctrl-C propagates as
-    KeyboardInterrupt; the job keeps running.
+    KeyboardInterrupt; the job keeps running. ``window``: seconds without
+    progress before a dropped connection is given up (SSHError); ``cancel``
+    (tripped from another thread) returns "running" at once.
     """
     out = out or sys.stdout.buffer
     remote = box.remote
     tool = job_tool(box)
     jid = shlex.quote(job_id)
-    retry = Backoff(first=FIRST_DELAY, cap=MAX_DELAY, window=RECONNECT_WINDOW)
+    retry = Backoff(first=FIRST_DELAY, cap=MAX_DELAY, window=window)
     connected = False
     tries = 0  # attempts that never showed a sign of life (a drop right as it began looks the same)
     number: int | None = None
@@ -245,7 +285,11 @@ def follow(box: "Box", job_id: str, offset: int = 0, out: BinaryIO | None = None
             command = f"{tool} start {jid} follow {offset}"  # one exec, one process: start, then follow
         else:
             command = f"{tool} follow {jid} {offset}"
+        if cancel is not None and cancel.tripped:
+            return JobResult(job_id, "running", None, offset, number=number)
         stream = _Stream(remote.ssh_argv() + [command], start_spec or b"")
+        if cancel is not None:
+            cancel.watch(stream.proc)
         try:
             how = stream.pump(out, until, deadline)
         except KeyboardInterrupt:
@@ -255,6 +299,9 @@ def follow(box: "Box", job_id: str, offset: int = 0, out: BinaryIO | None = None
         except BaseException:
             stream.kill()
             raise
+        finally:
+            if cancel is not None:
+                cancel.unwatch(stream.proc)
         offset += stream.received
         if how != "eof":
             stream.kill()
@@ -275,6 +322,8 @@ def follow(box: "Box", job_id: str, offset: int = 0, out: BinaryIO | None = None
         refused = wrapper_error(code, other, box, job_id)
         if refused is not None:
             raise refused
+        if cancel is not None and cancel.tripped:
+            return JobResult(job_id, "running", None, offset, number=number or started_number(stderr_text))
         if "ferry-started" in stderr_text:
             start_spec = None  # started before the drop: only follow from now on
             number = number or started_number(stderr_text)

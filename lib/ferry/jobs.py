@@ -61,8 +61,12 @@ class JobInfo:
 # -- the spec --------------------------------------------------------------------------------------
 def job_spec(box: "Box", command: str, env: Mapping[str, str] | None = None, cwd: str | None = None,
              timeout: float | None = None, label: str | None = None, then: str | None = None,
-             then_always: bool = False) -> bytes:
-    """The spec the wrapper sources: every value shlex-quoted, sent on stdin, never on a command line."""
+             then_always: bool = False, pane: bool = True) -> bytes:
+    """The spec the wrapper sources: every value shlex-quoted, sent on stdin, never on a command line.
+
+    ``pane=False`` starts the job without a tmux pane (map's items): it
+    survives disconnects just the same and costs less; ``attach`` shows its log.
+    """
     if not command.strip():
         raise UsageError("empty command", hint="give the command to run: " + cmd("run 'python train.py'"))
     base = box.workdir
@@ -75,6 +79,7 @@ def job_spec(box: "Box", command: str, env: Mapping[str, str] | None = None, cwd
         # Third and fourth, read unsourced: what the instance does when the job ends (then.py).
         f"FERRY_THEN={then if then in ('stop', 'terminate') else ''}",
         f"FERRY_THEN_ALWAYS={1 if then_always else 0}",
+        f"FERRY_PANE={1 if pane else 0}",  # read unsourced by `start`
         f"FERRY_COMMAND={shlex.quote(command)}",
         f"FERRY_WORKDIR={shlex.quote(base)}",
         f"FERRY_CWD={shlex.quote(target)}",

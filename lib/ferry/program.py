@@ -38,8 +38,17 @@ def _interruptible(step):
 # Invoke's own shell runner, which ferry's tasks never use, and stay out of `ferry --help`.
 SHOWN_CORE_FLAGS = ("--complete", "--debug", "--help", "--list", "--print-completion-script", "--version", "--config")
 # The task list, by what each task is about (the module that holds it).
-GROUPS = (("instances", "Instances"), ("files", "Files"), ("jobs", "Jobs"), ("clouds", "Clouds"),
+GROUPS = (("instances", "Instances"), ("files", "Files"), ("jobs", "Jobs"), ("fleet", "Fleets (fleet.* and map)"),
+          ("clouds", "Clouds"),
           ("money", "Costs (autostop, budget, orphans)"), ("reshape", "Reshaping (where the cloud can)"))
+
+
+def _every_task(collection, prefix: str = ""):
+    """(dotted name, task) for a collection and its sub-collections (``fleet.run``)."""
+    for name, task in collection.tasks.items():
+        yield prefix + name, task
+    for name, sub in collection.collections.items():
+        yield from _every_task(sub, f"{prefix}{name}.")
 
 
 class FerryProgram(Program):
@@ -55,7 +64,7 @@ class FerryProgram(Program):
     def list_flat(self) -> None:
         """The task list in groups (instances, files, jobs, clouds), each task with its first docstring line."""
         by_group: dict[str, list] = {}
-        for name, task in sorted(self.scoped_collection.tasks.items()):
+        for name, task in sorted(_every_task(self.scoped_collection)):
             module = getattr(task.body, "__module__", "").rsplit(".", 1)[-1]
             by_group.setdefault(module if module in dict(GROUPS) else "", []).append(
                 (name, (task.help or inspect.getdoc(task.body) or "").strip().splitlines()[0]

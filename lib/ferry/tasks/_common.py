@@ -25,11 +25,25 @@ METAVARS = {"name": "NAME", "job": "JOB", "provider": "PROVIDER", "gpu": "GPU", 
             "credentials": "DIR", "signal": "SIGNAL", "tail": "N", "port": "PORT[:LOCAL]", "cpu": "N", "to": "NAME",
             "id": "ID", "command": "COMMAND", "autostop": "DURATION|off", "autostop-action": "stop|terminate",
             "max-cost": "DOLLARS", "idle": "DURATION|off", "action": "stop|terminate",
-            "interval": "DURATION"}
+            "interval": "DURATION", "items": "FILE", "scripts": "DIR", "slots": "K|gpu", "retries": "N",
+            "host-timeout": "DURATION", "map": "ID", "dest": "DIR"}
 
 
 class FerryTask(Task):
-    """Invoke's Task, with ferry's short flags (SHORT_FLAGS only) instead of first-free-letter ones."""
+    """Invoke's Task, with ferry's short flags (SHORT_FLAGS only) instead of first-free-letter ones.
+
+    ``optional``: positionals the task may go without (``map``'s COMMAND is
+    not given with ``--scripts`` or ``--resume``); see :func:`_optional_positionals`.
+    """
+
+    optional: tuple[str, ...] = ()
+
+    def get_arguments(self, ignore_unknown_help=None):
+        arguments = super().get_arguments(ignore_unknown_help)
+        for argument in arguments:
+            if argument.positional and argument.name in self.optional:
+                argument.ferry_optional = True
+        return arguments
 
     def arg_opts(self, name, default, taken_names):
         auto, self.auto_shortflags = self.auto_shortflags, False
@@ -45,7 +59,32 @@ class FerryTask(Task):
 JOB_HELP = "the job: its number, its label, or the start of its id (default: the latest job)"
 
 
-def ferry_task(*args, **kwargs):
+def _optional_positionals() -> None:
+    """Let a positional be left out: Invoke (2.x) requires every positional it parses.
+
+    A positional Argument marked ``ferry_optional`` that is still unset when
+    its task's arguments end gets the value "" (the task reads that as "not
+    given"), so ``ferry map --resume`` parses as ``inv`` would parse it were
+    the positional optional. Everything else about parsing is Invoke's own.
+    """
+    from invoke.parser.parser import ParseMachine
+
+    original = ParseMachine.complete_context
+    if getattr(original, "ferry_optional", False):
+        return
+
+    def complete_context(self) -> None:
+        if self.context:
+            for argument in self.context.positional_args:
+                if getattr(argument, "ferry_optional", False) and argument.value is None:
+                    argument.set_value("", cast=False)
+        original(self)
+
+    complete_context.ferry_optional = True  # type: ignore[attr-defined]
+    ParseMachine.complete_context = complete_context  # type: ignore[method-assign]
+
+
+def ferry_task(*args, optional: tuple[str, ...] = (), **kwargs):
     """``@task`` whose expected failures print ``error: ...`` / ``hint: ...`` and exit 1 (2 for usage).
 
     It also shows the library's progress lines (logging) on stderr, and ends
@@ -79,6 +118,9 @@ def ferry_task(*args, **kwargs):
                 raise Exit(code=130) from None
 
         made = invoke_task(*args, klass=FerryTask, **kwargs)(wrapper)
+        if optional:
+            made.optional = tuple(optional)
+            _optional_positionals()
         return made
 
     if len(args) == 1 and callable(args[0]) and not kwargs:
