@@ -145,28 +145,27 @@ def download(c, name=None, path=None, dest=None, all=False, force=False, dry_run
     _report("download", result)
 
 
-@ferry_task(help={"name": FLEET_HELP})
-def stop(c, name=None):
-    """Stop every member (disks kept)."""
+def _power(c, name, verb: str, done: str) -> None:
+    """stop/start/terminate on every member; one line per member it worked on, then the failures."""
     from .. import output
 
     fleet = _fleet(c, name)
-    result = fleet.stop(warn=True)
+    result = getattr(fleet, verb)(warn=True)
     for box in result.succeeded:
-        output.note(f"{box.name} stopped")
-    _report("stop", result)
+        output.note(f"{box.name} {done}")
+    _report(verb, result)
+
+
+@ferry_task(help={"name": FLEET_HELP})
+def stop(c, name=None):
+    """Stop every member (disks kept)."""
+    _power(c, name, "stop", "stopped")
 
 
 @ferry_task(help={"name": FLEET_HELP})
 def start(c, name=None):
     """Start every stopped member and wait until each answers ssh."""
-    from .. import output
-
-    fleet = _fleet(c, name)
-    result = fleet.start(warn=True)
-    for box in result.succeeded:
-        output.note(f"{box.name} is ready")
-    _report("start", result)
+    _power(c, name, "start", "is ready")
 
 
 @ferry_task(help={"name": FLEET_HELP, "yes": "do not ask"})
@@ -179,10 +178,7 @@ def terminate(c, name=None, yes=False):
     names = ", ".join(b.name for b in fleet.boxes)
     if not yes and not output.confirm(f"terminate {names} and their disks?"):
         raise UsageError("not confirmed", hint=f"to terminate without asking: {cmd(f'fleet.terminate --name {fleet.name} --yes')}")
-    result = fleet.terminate(warn=True)
-    for box in result.succeeded:
-        output.note(f"{box.name} terminated")
-    _report("terminate", result)
+    _power(c, fleet.name, "terminate", "terminated")
 
 
 ns = Collection("fleet", ls, sync, run, download, stop, start, terminate)
