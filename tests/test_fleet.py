@@ -197,7 +197,8 @@ def test_a_killed_map_resumes_without_running_any_item_twice(fleet3, project, tm
         proc.send_signal(signal.SIGKILL)  # no clean-up of any kind: a closed lid
         proc.communicate()
     done_before = [r for r in joblog(project) if r["Exitval"] == "0"]
-    assert 3 <= len(done_before) < 9
+    started = len(list(marks.iterdir()))
+    assert 1 <= len(done_before) < started  # some finished, some were running when it died
     resumed = fleet3.ok("map", "--resume")
     assert "9/9 succeeded" in resumed.stderr
     runs = {p.name: p.read_text().count("run") for p in marks.iterdir()}

@@ -30,6 +30,7 @@ from .mapdir import MapDir, MapResult, command_for, running as still_running, sc
 
 if TYPE_CHECKING:
     from .fleet import Fleet
+    from .slots import JobPipe
     from .follow import Cancel, JobResult
     from .handle import Box
 
@@ -224,18 +225,24 @@ def run_map(fleet: "Fleet", command: str | None = None, items: Iterable[str] | N
     done_before = succeeded_before(mapdir) if (resume or resume_failed) else set()
 
     def slot_worker(member: Member, slot: int) -> None:
-        while True:
-            item = queue.take(member.box.name)
-            if item is None:
-                return
-            ok, counted = _run_item(mapdir, queue, member, slot, item, template, env or {}, slots == "gpu",
-                                    host_timeout, cancel)
-            if cancel.tripped and not counted:
-                with queue.cond:
-                    queue.running -= 1
-                    queue.cond.notify_all()
-                return
-            queue.done(item, member.box.name, ok, counted)
+        from .slots import JobPipe
+
+        pipe = JobPipe(member.box, cancel)
+        try:
+            while True:
+                item = queue.take(member.box.name)
+                if item is None:
+                    return
+                ok, counted = _run_item(mapdir, queue, member, slot, item, template, env or {}, slots == "gpu",
+                                        host_timeout, cancel, pipe)
+                if cancel.tripped and not counted:
+                    with queue.cond:
+                        queue.running -= 1
+                        queue.cond.notify_all()
+                    return
+                queue.done(item, member.box.name, ok, counted)
+        finally:
+            pipe.close()
 
     threads = [threading.Thread(target=slot_worker, args=(m, s), daemon=True, name=f"map-{name}-{s}")
                for name, m in members.items() for s in range(m.slots)]
@@ -274,8 +281,14 @@ def run_map(fleet: "Fleet", command: str | None = None, items: Iterable[str] | N
 
 
 def _run_item(mapdir: MapDir, queue: Queue, member: Member, slot: int, item: Item, template: str | None,
-              env: dict[str, str], gpu_slots: bool, host_timeout: float, cancel: "Cancel") -> tuple[bool, bool]:
-    """One attempt of ``item`` on ``member``: (succeeded, counts as an attempt)."""
+              env: dict[str, str], gpu_slots: bool, host_timeout: float, cancel: "Cancel",
+              pipe: "JobPipe | None" = None) -> tuple[bool, bool]:
+    """One attempt of ``item`` on ``member``: (succeeded, counts as an attempt).
+
+    A new attempt goes down the slot's ``pipe`` (one exec for many items);
+    if that connection fails, or the attempt is one to resume, the job is
+    followed by id (``follow``), with reconnects up to ``host_timeout``.
+    """
     from . import jobs
     from .backoff import Backoff
     from .follow import follow
@@ -299,15 +312,24 @@ def _run_item(mapdir: MapDir, queue: Queue, member: Member, slot: int, item: Ite
     retry = Backoff(first=0.2, cap=5.0, window=host_timeout)
     end: "JobResult | None" = None
     with open(log_path, "ab") as sink:
+        if spec is not None and pipe is not None:
+            end = pipe.run(job_id, spec, sink)
+            if end is not None:
+                member.last_ok = time.monotonic()
+            elif cancel.tripped:
+                return False, False
         while end is None:
             try:
                 end = follow(box, job_id, offset=sink.tell(), out=sink, start_spec=spec, window=host_timeout,
                              cancel=cancel)
                 member.last_ok = time.monotonic()
-            except JobError:
-                # The wrapper knows no such job: a resumed attempt that never reached the member.
+            except JobError as exc:
                 item.resume = None
-                return False, False
+                if spec is not None:  # the wrapper refused to start it (a full disk, say): a failed attempt
+                    sink.write(f"ferry: {exc.message}\n".encode())
+                    mapdir.finished(item.seq, item.text, name, start, time.time() - start, "error", attempt, job_id)
+                    return False, True
+                return False, False  # a resumed attempt the member never heard of: it never started
             except SSHError as exc:
                 if cancel.tripped:
                     return False, False

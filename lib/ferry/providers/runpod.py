@@ -143,9 +143,9 @@ class RunPodProvider:
 
     # -- the SDK, and its errors translated in one place -------------------------------------
     def _sdk(self):
-        runpod = sdk(SDK, self.name)
         if self._key is None:
-            self._key = self.cfg.api_key()
+            self._key = self.cfg.api_key()  # first: without a key, no command pays the SDK's 1 s+ import
+        runpod = sdk(SDK, self.name)
         runpod.api_key = self._key
         url = self.settings.get("api_url")
         if url:

@@ -151,7 +151,8 @@ class VastProvider:
     @property
     def client(self):
         if self._client is None:
-            client = sdk(SDK, self.name).VastAI(api_key=self.cfg.api_key(), server_url=self.settings.get("api_url") or DEFAULT_URL,
+            key = self.cfg.api_key()  # first: without a key, no command pays the SDK's import
+            client = sdk(SDK, self.name).VastAI(api_key=key, server_url=self.settings.get("api_url") or DEFAULT_URL,
                             retry=1, quiet=True)
             client.client.timeout = TIMEOUT
             self._client = client

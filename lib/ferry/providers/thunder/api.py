@@ -43,10 +43,11 @@ class ThunderAPI:
     # -- transport -------------------------------------------------------------
     def _http(self):
         if self._session is None:
+            token = self._token()  # first: without a token, nothing is imported
             requests = sdk("requests", "thunder")
             session = requests.Session()
             session.headers.update({
-                "Authorization": f"Bearer {self._token()}",
+                "Authorization": f"Bearer {token}",
                 "Content-Type": "application/json",
                 "Accept": "application/json",
                 "User-Agent": "ferry",

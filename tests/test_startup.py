@@ -1,0 +1,21 @@
+"""What start-up imports: no cloud SDK for a command that has no key for that cloud (issue 15's RunPod trap)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+
+def imported_modules(project, *args: str) -> set[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNPOD_", "VAST_", "TNR_", "THUNDER_", "AWS_"))}
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "ferry", *args], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=60)
+    return {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+
+
+def test_ls_all_without_keys_imports_no_cloud_sdk(project):
+    modules = imported_modules(project, "ls", "--all")
+    assert "ferry.clouds" in modules  # it did ask every cloud
+    sdks = sorted(m for m in modules if m.split(".")[0] in ("runpod", "vastai", "requests"))
+    assert sdks == [], sdks
