@@ -216,6 +216,19 @@ def _sshd_pids(home: Path, name: str) -> list[int]:
     return [root, *descendants_of(root)]
 
 
+def _connections(home: Path, name: str) -> list[int]:
+    """The member's per-connection sshds: the listener's own children (what a dropped network ends)."""
+    root = int(next((home / ".ferry" / "local" / name).rglob("sshd.pid")).read_text().split()[0])
+    children = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == root:
+                children.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return children
+
+
 def test_a_member_lost_mid_map_has_its_items_finished_elsewhere(fleet3, project, tmp_path, home):
     marks = tmp_path / "marks"
     marks.mkdir()
@@ -240,3 +253,29 @@ def test_a_member_lost_mid_map_has_its_items_finished_elsewhere(fleet3, project,
     assert succeeded == set(range(1, 10))
     for name in ("lab-0", "lab-2"):
         assert running_jobs(fleet3, name) == []
+
+
+def test_a_dropped_connection_mid_item_neither_loses_nor_repeats_it(fleet3, project, tmp_path, home):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    (project / "items.txt").write_text("".join(f"{i}\n" for i in range(6)))
+    command = f'echo run >> {marks}/{{}}; sleep 0.8; echo done {{}}'
+    proc = subprocess.Popen([sys.executable, "-m", "ferry", "map", command, "--items", "items.txt", "--json"],
+                            cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while len(list(marks.iterdir())) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in _connections(home, "lab-1"):  # its connections die; its sshd listens on, its jobs run on
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    summary = json.loads(out)
+    assert summary["members"]["lab-1"]["lost"] == 0 and summary["succeeded"] == 6
+    runs = {p.name: p.read_text().count("run") for p in marks.iterdir()}
+    assert set(runs.values()) == {1}, runs
+    last = (project / ".ferry" / "maps" / "last").read_text().strip()
+    for seq in range(1, 7):  # every item's whole log came home, also the one cut off mid-stream
+        assert (project / ".ferry" / "maps" / last / "logs" / f"{seq}.1.log").read_text() == f"done {seq - 1}\n"
