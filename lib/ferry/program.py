@@ -38,7 +38,8 @@ def _interruptible(step):
 # Invoke's own shell runner, which ferry's tasks never use, and stay out of `ferry --help`.
 SHOWN_CORE_FLAGS = ("--complete", "--debug", "--help", "--list", "--print-completion-script", "--version", "--config")
 # The task list, by what each task is about (the module that holds it).
-GROUPS = (("instances", "Instances"), ("files", "Files"), ("jobs", "Jobs"), ("clouds", "Clouds"),
+GROUPS = (("instances", "Instances"), ("files", "Files"), ("jobs", "Jobs"),
+          ("build", "Environment, remote scripts, tunnels"), ("clouds", "Clouds"),
           ("money", "Costs (autostop, budget, orphans)"), ("reshape", "Reshaping (where the cloud can)"))
 
 

@@ -25,7 +25,7 @@ METAVARS = {"name": "NAME", "job": "JOB", "provider": "PROVIDER", "gpu": "GPU", 
             "credentials": "DIR", "signal": "SIGNAL", "tail": "N", "port": "PORT[:LOCAL]", "cpu": "N", "to": "NAME",
             "id": "ID", "command": "COMMAND", "autostop": "DURATION|off", "autostop-action": "stop|terminate",
             "max-cost": "DOLLARS", "idle": "DURATION|off", "action": "stop|terminate",
-            "interval": "DURATION"}
+            "interval": "DURATION", "arg": "ARG", "wait": "DURATION"}
 
 
 class FerryTask(Task):
