@@ -22,7 +22,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from .errors import FerryError, JobError, UsageError, cmd
-from .flags import human
+from .flags import brief
 
 if TYPE_CHECKING:
     from .handle import Box
@@ -100,13 +100,14 @@ def start(box: "Box", port, *, wait: float = 60.0, install: bool = False) -> str
         still = _running(box, port)
         for job_id in still:
             Job(box, job_id).kill()
-        what = (f"cloudflared gave no tunnel URL within {human(wait)}" if still else
+        what = (f"cloudflared gave no tunnel URL within {brief(wait)}" if still else
                 f"cloudflared failed: {_reason(text)}")
         raise _fail(f"tunnel to port {port}: {what}", text, label(port)) from None
     text = _log_text(job)
     found = URL.search(text)
-    if not found:
-        job.kill()
+    if not found:  # it said it failed; it may still be on its way out
+        for job_id in _running(box, port):
+            Job(box, job_id).kill()
         raise _fail(f"tunnel to port {port}: cloudflared failed: {_reason(text)}", text, job.ref)
     return found.group(0)
 
