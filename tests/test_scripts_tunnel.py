@@ -73,6 +73,7 @@ def test_script_runs_a_project_script_with_arguments_in_the_workdir_and_keeps_it
 
     proc = launched.ok("script", "greet.sh", "--arg", "a b; rm -rf ~", "--arg", "c")
     assert "hello [a b; rm -rf ~] [c] in " in proc.stdout and proc.stdout.strip().endswith("/proj")
+    assert "hello [--mount] [/mnt/x]" in launched.ok("script", "greet", "--arg", "--mount", "--arg", "/mnt/x").stdout
     proc = launched("script", "fail")  # .sh may be left off
     assert proc.returncode == 4 and "about to fail" in proc.stdout
     assert jobs_labelled(launched, "fail.sh")[0]["state"] == "failed"
