@@ -41,9 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     box.script("comfyui.sh", "--dir", args.dir, *(["--models", args.models] if args.models else []))
 
     # ComfyUI prints its readiness line on stderr, which the job's log holds with stdout: wait for it, no sleeps.
+    # Its start-up chatter stays in the job's log (`ferry logs -j comfyui`), out of this terminal.
     where = shlex.quote(args.dir)
+    print("starting ComfyUI; waiting until it is ready", file=sys.stderr)
     server = box.run(f"cd {where} && exec .venv/bin/python main.py --listen 127.0.0.1 --port {args.port}",
-                     label="comfyui", wait_for=r"To see the GUI go to: http", wait_timeout=duration(args.ready_timeout))
+                     label="comfyui", wait_for=r"To see the GUI go to: http", wait_timeout=duration(args.ready_timeout),
+                     out=io.BytesIO())
     tunnel = False
     try:
         # The line can come before the HTTP API answers everything: ask it once, as a browser would.

@@ -72,7 +72,7 @@ def test_build_runs_once_is_skipped_when_unchanged_and_rebuilds_on_one_changed_b
     skipped = box.build()
     library_seconds = time.monotonic() - started
     assert not skipped.ran and library_seconds < 0.5, library_seconds
-    assert cli_seconds < 3, cli_seconds  # Python and Invoke start-up included
+    assert cli_seconds < 2, cli_seconds  # Python and Invoke start-up included (about 0.3 s here)
 
     # One changed byte: one rebuild, then skipped again.
     text = (reqs_project / "requirements.txt").read_text()

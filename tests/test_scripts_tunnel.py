@@ -215,3 +215,52 @@ def test_tunnel_without_cloudflared_says_how_to_install_it_and_install_runs_the_
     proc = launched.ok("tunnel", "8191", "--install")
     assert proc.stdout.strip().splitlines()[-1] == URL
     launched.ok("tunnel", "--stop", "8191")
+
+
+# -- the shipped scripts' second run ---------------------------------------------------------------
+def shipped(name: str, *args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SHIPPED / name), *args], cwd=cwd, capture_output=True, text=True, timeout=30,
+                          env={**os.environ, **env})
+
+
+def test_shipped_scripts_do_nothing_the_second_time_and_say_so(tmp_path):
+    # miniforge.sh with an installed Miniforge (a fake conda that makes the environment's directory).
+    prefix = tmp_path / "mf"
+    (prefix / "bin").mkdir(parents=True)
+    (prefix / "bin" / "conda").write_text(
+        '#!/bin/sh\necho "conda $*" >> "$(dirname "$0")/../calls"\n'
+        'while [ $# -gt 0 ]; do [ "$1" = -n ] && mkdir -p "$(dirname "$0")/../envs/$2/conda-meta"; shift; done\n')
+    (prefix / "bin" / "conda").chmod(0o755)
+    (tmp_path / "environment.yml").write_text("name: torchy\ndependencies: [python=3.11]\n")
+    env = {"MINIFORGE_HOME": str(prefix)}
+    first = shipped("miniforge.sh", "environment.yml", cwd=tmp_path, env=env)
+    assert first.returncode == 0 and "creating environment torchy" in first.stdout, first.stderr
+    second = shipped("miniforge.sh", "environment.yml", cwd=tmp_path, env=env)
+    assert "matches environment.yml; nothing to do" in second.stdout
+    assert (prefix / "calls").read_text().count("env create") == 1
+    (tmp_path / "environment.yml").write_text("name: torchy\ndependencies: [python=3.12]\n")
+    assert "updating environment torchy" in shipped("miniforge.sh", "environment.yml", cwd=tmp_path, env=env).stdout
+    missing = shipped("miniforge.sh", "nope.yml", cwd=tmp_path, env=env)
+    assert missing.returncode == 1 and "no such file: nope.yml" in missing.stderr
+
+    # cloudflared.sh finds cloudflared on PATH.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "cloudflared").write_text("#!/bin/sh\necho 'cloudflared version 2024.6.1'\n")
+    (bin_dir / "cloudflared").chmod(0o755)
+    proc = shipped("cloudflared.sh", cwd=tmp_path, env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert proc.returncode == 0 and "already installed" in proc.stdout and "2024.6.1" in proc.stdout
+
+    # comfyui.sh finds ComfyUI, its environment (same requirements) and every listed model.
+    comfy = tmp_path / "ComfyUI"
+    (comfy / ".venv").mkdir(parents=True)
+    (comfy / "main.py").write_text("")
+    (comfy / "requirements.txt").write_text("torch\n")
+    digest = subprocess.run(["sha256sum"], input=b"torch\n", capture_output=True).stdout.split()[0].decode()
+    (comfy / ".venv" / ".ferry-requirements.sha256").write_text(digest + "\n")
+    (comfy / "models" / "checkpoints").mkdir(parents=True)
+    (comfy / "models" / "checkpoints" / "m.safetensors").write_bytes(b"weights")
+    (tmp_path / "models.txt").write_text("# what to fetch\ncheckpoints https://example.invalid/m.safetensors\n")
+    proc = shipped("comfyui.sh", "--models", "models.txt", cwd=tmp_path, env={})
+    assert proc.returncode == 0, proc.stderr
+    assert "1 model(s) already present" in proc.stdout and proc.stdout.strip().endswith("nothing to do")
