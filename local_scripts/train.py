@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Train on a rented GPU and bring the results home: launch -> sync -> run -> download -> stop.
+"""Train on a GPU, results home: launch -> sync -> build -> run -> download -> stop.
 
 Copy this file into your project and change it. Run it from the project:
 
@@ -7,7 +7,7 @@ Copy this file into your project and change it. Run it from the project:
     python local_scripts/train.py --provider local -- python3 train.py        # free, on this machine
 
 Everything it does is ferry's Python API; the same steps as
-`ferry launch sync run "python train.py" download stop`, but yours to extend
+`ferry launch sync build run "python train.py" download stop`, but yours to extend
 (a sweep, a notification, an upload to a model hub ...).
 """
 
@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     box = ferry.launch(name=args.name, provider=args.provider, gpu=args.gpu)  # reuses it if it exists
     try:
         box.sync()
+        box.build()   # uv sync / requirements / environment.yml; skipped in one line when nothing changed
         result = box.run(command, env={"WANDB_MODE": "offline", **env_pairs(args.env)},
                          timeout=duration(args.timeout), warn=True)
         box.download(*(args.results or ["results"]))   # also when training failed: logs and partial results

@@ -37,6 +37,7 @@ def test_train_recipe_runs_the_loop_and_stops_the_instance(home):
     assert "step 3/3" in proc.stdout, "the job's output streamed through"
     assert json.loads((project / "results" / "metrics.json").read_text())["steps"] == 3
     assert "synced" in proc.stderr and "downloaded" in proc.stderr, "the library's progress lines show in a script"
+    assert "build: nothing to build" in proc.stderr, "the build step ran (hello has nothing to install)"
     assert local_status(project, "tr") == "STOPPED"
 
     # A failing run: its exit code comes back, what it wrote still comes home, the instance still stops.
@@ -52,7 +53,7 @@ def test_train_recipe_runs_the_loop_and_stops_the_instance(home):
 def test_train_recipe_help():
     proc = subprocess.run([sys.executable, str(REPO / "local_scripts" / "train.py"), "--help"],
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0 and "--gpu" in proc.stdout and "launch -> sync -> run" in proc.stdout
+    assert proc.returncode == 0 and "--gpu" in proc.stdout and "launch -> sync -> build -> run" in proc.stdout
 
 
 def test_the_example_projects_own_task_uses_the_python_api(home):

@@ -49,6 +49,10 @@ GENERAL_DEFAULTS: dict[str, Any] = {
     # Cloud API calls that fail transiently (429, 5xx, timeouts) are retried: at most `attempts` times within
     # `budget` seconds, waiting U(0, min(cap, base * 2^n)) and never less than the server's Retry-After.
     "retry": {"attempts": 6, "budget": 60.0, "base": 0.5, "cap": 8.0},
+    # `ferry build`: a command of your own (inputs: globs whose content decides whether it must run again;
+    # env: the environment it makes, relative to the workdir, which jobs then use); unset, ferry picks
+    # uv sync, requirements*.txt or environment.yml from the project's files.
+    "build": {"command": None, "inputs": [], "env": None},
     "providers": {},  # per provider: its module's DEFAULTS < this block < INVOKE_FERRY_PROVIDERS_<NAME>_<KEY>
 }
 PROJECT_MARKERS = (".ferry", "tasks.py", ".git")

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     import fabric
     from invoke import Context
 
+    from .build import BuildResult
     from .jobs import Job, JobInfo, JobResult
     from .providers import Cloud
     from .remote import Remote
@@ -205,6 +206,26 @@ class Box:
         from . import forward
 
         return forward.forward(self, remote_port, local_port, on_ready=on_ready)
+
+    # -- environment, scripts, tunnels ---------------------------------------------------------
+    def build(self, *, force: bool = False, warn: bool = False, out: BinaryIO | None = None) -> "BuildResult":
+        """Make the project's environment on the instance, skipped when its inputs are unchanged (see ferry.build)."""
+        from . import build
+
+        return build.build(self, force=force, warn=warn, out=out)
+
+    def script(self, name: str, *args: str, detach: bool = False, warn: bool = False,
+               env: Mapping[str, str] | None = None, out: BinaryIO | None = None) -> "JobResult | Job":
+        """Send remote_scripts/ (ferry's and the project's) and run ``name`` as a job in the workdir (see ferry.scripts)."""
+        from . import scripts
+
+        return scripts.run(self, name, args, detach=detach, warn=warn, env=env, out=out)
+
+    def tunnel(self, port: int, *, wait: float = 60.0, install: bool = False, stop: bool = False) -> str | None:
+        """A cloudflared quick tunnel to the instance's ``port``: its https URL (``stop=True`` ends it; see ferry.tunnel)."""
+        from . import tunnel
+
+        return tunnel.stop(self, port) if stop else tunnel.start(self, port, wait=wait, install=install)
 
     def pin_host_key(self, confirm: Callable[[str, str | None, bool], bool]) -> bool:
         """See the key the instance presents and pin it for this instance; False if ``confirm`` said no.

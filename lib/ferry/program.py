@@ -39,7 +39,7 @@ def _interruptible(step):
 SHOWN_CORE_FLAGS = ("--complete", "--debug", "--help", "--list", "--print-completion-script", "--version", "--config")
 # The task list, by what each task is about (the module that holds it).
 GROUPS = (("instances", "Instances"), ("files", "Files"), ("jobs", "Jobs"), ("fleet", "Fleets (fleet.* and map)"),
-          ("clouds", "Clouds"),
+          ("build", "Environment, remote scripts, tunnels"), ("clouds", "Clouds"),
           ("money", "Costs (autostop, budget, orphans)"), ("reshape", "Reshaping (where the cloud can)"))
 
 

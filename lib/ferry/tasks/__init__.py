@@ -22,10 +22,10 @@ import logging
 from invoke import Collection
 
 from ..config import defaults
-from . import clouds, files, fleet, instances, jobs, money, reshape
+from . import build, clouds, files, fleet, instances, jobs, money, reshape
 
 ns = Collection()
-for module in (instances, files, jobs, clouds, money, reshape):
+for module in (instances, files, jobs, build, clouds, money, reshape):
     for task in Collection.from_module(module).tasks.values():
         ns.add_task(task)
 ns.add_task(fleet.map_)

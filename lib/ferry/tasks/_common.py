@@ -26,7 +26,7 @@ METAVARS = {"name": "NAME", "job": "JOB", "provider": "PROVIDER", "gpu": "GPU", 
             "id": "ID", "command": "COMMAND", "autostop": "DURATION|off", "autostop-action": "stop|terminate",
             "max-cost": "DOLLARS", "idle": "DURATION|off", "action": "stop|terminate",
             "interval": "DURATION", "items": "FILE", "scripts": "DIR", "slots": "K|gpu", "retries": "N",
-            "host-timeout": "DURATION", "map": "ID", "dest": "DIR"}
+            "host-timeout": "DURATION", "map": "ID", "dest": "DIR", "arg": "ARG", "wait": "DURATION"}
 
 
 class FerryTask(Task):
