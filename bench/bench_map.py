@@ -107,7 +107,7 @@ def main() -> int:
         for command in ("true", "sleep 0.1"):
             def in_process(command=command) -> float:
                 start = time.perf_counter()
-                result = fleet.map(command + " # {}", [str(i) for i in range(args.items)], slots=args.slots,
+                result = fleet.map(command, [str(i) for i in range(args.items)], slots=args.slots,
                                    sync=False, progress=False)
                 if not result.ok:
                     raise BenchError(f"map failed: {result.failed or result.unrun}")
@@ -117,7 +117,7 @@ def main() -> int:
             a, b = side_by_side(args.repeat, in_process, floor)
             rows.append(Row(f"fleet.map({command!r}) x{args.items}, in-process", "raw ssh exec per item, same slots", a, b))
             a, b = side_by_side(args.repeat, lambda command=command: ferry_cmd(
-                [ferry, "map", command + " # {}", "--items", "items.txt", "--slots", str(args.slots), "--name", "m",
+                [ferry, "map", command, "--items", "items.txt", "--slots", str(args.slots), "--name", "m",
                  "--no-sync"], cwd=project, env=env, timeout=120), floor)
             rows.append(Row(f"ferry map {command!r} x{args.items}, whole command", "raw ssh exec per item, same slots", a, b))
         print_table(rows)

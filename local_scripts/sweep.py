@@ -8,8 +8,7 @@ Run it from the project:
 
 Every point of the grid is one item; the fleet's `map` hands items to free
 slots from one queue, retries a failed one (on another member), and each
-run writes under results/<run>/, which comes home. Where this ferry has no
-`ferry.fleet` yet, the same grid runs one item after another on one box.
+run writes under results/<run>/, which comes home from whichever member ran it.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ import sys
 
 import ferry
 
-COMMAND = "python train.py {}"  # {} becomes one item's arguments
+COMMAND = "python train.py $FERRY_ITEM"  # the item: one run's arguments, split by the shell
 
 
 def grid(lrs: list[str], batch_sizes: list[str]) -> list[str]:
@@ -38,45 +37,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retries", type=int, default=1, help="tries again for a failed run (default 1)")
     parser.add_argument("--lr", nargs="+", default=["1e-3", "3e-4"], help="learning rates")
     parser.add_argument("--batch-size", nargs="+", default=["32"], help="batch sizes")
-    parser.add_argument("--command", default=COMMAND, help=f"each run; {{}} becomes its arguments (default {COMMAND!r})")
+    parser.add_argument("--command", default=COMMAND, help=f"each run; $FERRY_ITEM holds its arguments (default {COMMAND!r})")
     parser.add_argument("--keep", action="store_true", help="leave the instances running afterwards")
     args = parser.parse_args(argv)
     items = grid(args.lr, args.batch_size)
 
-    if hasattr(ferry, "fleet"):
-        spec = ferry.InstanceSpec(name=args.name, provider=args.provider or "", gpu=args.gpu,
-                                  gpu_count=1 if args.gpu else 0)
-        ferry.launch_many(None, args.count, name=args.name, provider=args.provider, spec=spec)
-        fleet = ferry.fleet(name=args.name)
-        try:
-            fleet.sync()
-            fleet.build()
-            fleet.map(args.command, items, slots=args.slots, retries=args.retries)
-            fleet.download("results")
-        finally:
-            if not args.keep:
-                fleet.stop()
-        return 0
-
-    # No fleet in this ferry: the same grid, one run after another, on one box.
-    box = ferry.launch(name=args.name, provider=args.provider, gpu=args.gpu)
-    failed = 0
+    spec = ferry.InstanceSpec(name=args.name, provider=args.provider or "", gpu=args.gpu,
+                              gpu_count=1 if args.gpu else 0)
+    ferry.launch_many(None, args.count, name=args.name, provider=args.provider, spec=spec)  # reuses them if up
+    fleet = ferry.fleet(name=args.name)
     try:
-        box.sync()
-        box.build()
-        for item in items:
-            for _attempt in range(1 + args.retries):
-                if box.run(args.command.replace("{}", item), warn=True, label="sweep").ok:
-                    break
-            else:
-                failed += 1
-                print(f"run failed: {item}", file=sys.stderr)
-        box.download("results")
+        fleet.sync()
+        fleet.build()  # each member's environment, skipped where nothing it depends on changed
+        result = fleet.map(args.command, items, slots=args.slots, retries=args.retries)
+        for box in fleet:  # every run wrote its own results/<run>/: they all fit in one results/ here
+            box.download("results")
     finally:
         if not args.keep:
-            box.stop() if "stop" in box.cloud().capabilities else box.terminate()
-    print(f"{len(items) - failed} of {len(items)} runs succeeded", file=sys.stderr)
-    return 1 if failed else 0
+            fleet.stop(warn=True)
+    print(f"{len(result.succeeded)} of {len(items)} runs succeeded (joblog: {result.joblog})", file=sys.stderr)
+    return 0 if result.ok else 1
 
 
 if __name__ == "__main__":

@@ -29,9 +29,9 @@ _EXPORTS = {
     "launch_many": "ferry.api",
     "box": "ferry.api",
     "fleet": "ferry.api",
-    "Fleet": "ferry.fleet",
-    "GroupResult": "ferry.fleet",
-    "FleetFailed": "ferry.fleet",
+    "Fleet": "ferry.group",
+    "GroupResult": "ferry.group",
+    "FleetFailed": "ferry.group",
     "MapResult": "ferry.mapdir",
     "find": "ferry.api",
     "instances": "ferry.api",
@@ -62,7 +62,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .api import box, find, fleet, instances, launch, launch_many, offers
-    from .fleet import Fleet, FleetFailed, GroupResult
+    from .group import Fleet, FleetFailed, GroupResult
     from .mapdir import MapResult
     from .handle import Box
     from .config import FerryConfig, Settings, make_context

@@ -13,7 +13,7 @@ from typing import Callable, TypeVar
 
 from . import handle as boxes
 from . import clouds, lifecycle, output
-from . import fleet as fleets
+from . import group as fleets
 
 F = TypeVar("F", bound=Callable)
 

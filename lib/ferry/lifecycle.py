@@ -194,7 +194,7 @@ def launch_many(c: "Context | Settings | None", count: int, *, name: str | None 
     settings = Settings.of(c)
     base = check_name(name or (spec.name if spec else None) or settings.name or settings.project)
     sshkey.private_key_path(settings.ssh_key, settings.home)  # make ferry's key (if new) once, before the race
-    from .fleet import remember
+    from .group import remember
 
     remember(settings, base)  # the project's current fleet: fleet.* and map act on it without --name
     specs = []

@@ -62,11 +62,10 @@ def script_items(project: Path, directory: str) -> list[str]:
 
 
 def command_for(template: str | None, item: str) -> str:
-    """``{}`` becomes the shell-quoted item (appended when there is no ``{}``); no template: run the script."""
+    """``{}`` becomes the shell-quoted item (the job also has it as $FERRY_ITEM); no template: run the script."""
     if template is None:
         return shlex.quote("./" + item)
-    quoted = shlex.quote(item)
-    return template.replace("{}", quoted) if "{}" in template else f"{template} {quoted}"
+    return template.replace("{}", shlex.quote(item))
 
 
 def tsv(text: str) -> str:

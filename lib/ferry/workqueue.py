@@ -29,7 +29,7 @@ from .errors import FerryError, JobError, SSHError, UsageError, cmd
 from .mapdir import MapDir, MapResult, command_for, running as still_running, script_items, succeeded_before
 
 if TYPE_CHECKING:
-    from .fleet import Fleet
+    from .group import Fleet
     from .slots import JobPipe
     from .follow import Cancel, JobResult
     from .handle import Box
@@ -212,7 +212,7 @@ def run_map(fleet: "Fleet", command: str | None = None, items: Iterable[str] | N
             item.resume = None
     queue = Queue(queue_items, members, retries)
     if sync:
-        from .fleet import describe
+        from .group import describe
 
         for box, value in fleet.sync_if_changed(warn=True).failed.items():
             log.warning("%s takes no items: sending the project failed (%s)", box.name, describe(value))

@@ -16,7 +16,7 @@ FLEET_HELP = "the fleet (launch --count N --name NAME, or ferry.fleets.NAME; def
 
 
 def _fleet(c, name):
-    from ..fleet import get
+    from ..group import get
 
     return get(c, name)
 
@@ -24,7 +24,7 @@ def _fleet(c, name):
 def _report(what: str, result) -> None:
     """One line per member that failed, then FleetFailed (exit 1) when any did."""
     from .. import output
-    from ..fleet import FleetFailed, describe
+    from ..group import FleetFailed, describe
 
     for box, value in result.items():
         if not result._ok(value):
@@ -84,7 +84,7 @@ def run(c, command, name=None, env=None, cwd=None, timeout=None, label=None, no_
 
     from .. import flags, output
     from ..errors import cmd
-    from ..fleet import Interrupted
+    from ..group import Interrupted
 
     fleet = _fleet(c, name)
     try:
@@ -99,7 +99,7 @@ def run(c, command, name=None, env=None, cwd=None, timeout=None, label=None, no_
     rows, worst, document = [], 0, []
     for box, end in result.items():
         if isinstance(end, BaseException):
-            from ..fleet import describe
+            from ..group import describe
 
             code, shown, state = 1, "-", describe(end)
         else:
@@ -185,7 +185,7 @@ ns = Collection("fleet", ls, sync, run, download, stop, start, terminate)
 
 
 @ferry_task(name="map", optional=("command",), positional=["command"], iterable=["env"], help={
-    "command": "the command per item; {} is the shell-quoted item (appended when absent)",
+    "command": "the command per item; {} is the shell-quoted item (also in $FERRY_ITEM)",
     "items": "a file with one item per line (- for stdin)",
     "scripts": "a directory in the project: each executable file in it is an item, run as ./DIR/file",
     "name": FLEET_HELP,

@@ -1,4 +1,4 @@
-"""``Fleet``: many instances as one, the way Fabric's ``Group`` is many ``Connection``s.
+"""``Fleet`` (``ferry.fleet()``): many instances as one, the way Fabric's ``Group`` is many ``Connection``s.
 
 A fleet is either the instances one ``launch --count N --name NAME`` made
 (``NAME-0`` .. ``NAME-{N-1}``; rank = index) or a list of hosts in config
@@ -281,6 +281,12 @@ class Fleet:
         from . import sync
 
         return self._checked("sync", each(self.boxes, lambda b: sync.upload(b, progress=False, announce=False)), warn)
+
+    def build(self, *, force: bool = False, warn: bool = False) -> GroupResult:
+        """Each member's environment (``Box.build``), at once; skipped where its inputs are unchanged."""
+        import io
+
+        return self._checked("build", each(self.boxes, lambda b: b.build(force=force, out=io.BytesIO())), warn)
 
     def download(self, *paths: str, dest: str | Path | None = None, warn: bool = False, **options: Any) -> GroupResult:
         """Each member's results under ``<dest>/<member>/`` (default: the project), with download's rules."""
