@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 
 def imported_modules(project, *args: str) -> set[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNPOD_", "VAST_", "TNR_", "THUNDER_", "AWS_"))}
@@ -14,8 +16,10 @@ def imported_modules(project, *args: str) -> set[str]:
     return {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
 
 
-def test_ls_all_without_keys_imports_no_cloud_sdk(project):
-    modules = imported_modules(project, "ls", "--all")
+@pytest.mark.parametrize("argv", [["ls", "--all"], ["cost", "--json"]])
+def test_commands_without_keys_import_no_cloud_sdk(project, argv):
+    """Nor does boto3 get to ask the instance metadata endpoint (169.254.169.254) for credentials."""
+    modules = imported_modules(project, *argv)
     assert "ferry.clouds" in modules  # it did ask every cloud
-    sdks = sorted(m for m in modules if m.split(".")[0] in ("runpod", "vastai", "requests"))
+    sdks = sorted(m for m in modules if m.split(".")[0] in ("runpod", "vastai", "requests", "boto3", "botocore"))
     assert sdks == [], sdks

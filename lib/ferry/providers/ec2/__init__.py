@@ -37,7 +37,7 @@ from . import prices
 from .aws import GONE_CODES, AWSError, Clients, call
 
 DEFAULTS = {"ssh_user": "ubuntu", "endpoint_url": None, "region": "us-east-1", "ami": None, "disk": 100,
-            "volume_type": "gp3", "owner": None, "ssh_port": None}
+            "volume_type": "gp3", "owner": None, "ssh_port": None, "use_instance_role": False}
 API_KEY = None  # boto3's own credential chain
 SELF_STOP = SelfStop("ec2", "`shutdown -h now`, no credentials on the instance",
                      "`shutdown -h now` on the instance; ferry sets its shutdown behaviour to stop or terminate "
@@ -83,7 +83,8 @@ class EC2Provider:
         self.cfg = cfg
         self.settings: dict[str, Any] = dict(cfg.settings or {})
         self.region: str = self.settings.get("region") or "us-east-1"
-        self._client = Clients(self.region, self.settings.get("endpoint_url"))
+        self._client = Clients(self.region, self.settings.get("endpoint_url"),
+                               use_instance_role=bool(self.settings.get("use_instance_role")))
         self._tokens: dict[int, tuple[InstanceSpec, str]] = {}
 
     # -- plumbing ----------------------------------------------------------------

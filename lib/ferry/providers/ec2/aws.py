@@ -91,16 +91,46 @@ def call(what: str, fn: Callable[..., T], *args, **kwargs) -> T:
     return translated(translate, what, fn, *args, **kwargs)
 
 
+# Where boto3 finds credentials without asking the network: variables, then the shared files.
+CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE",
+                        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI")
+
+
+def credentials_present(home: str | None = None) -> bool:
+    """Does boto3 have a credential source short of the instance metadata service (169.254.169.254)?
+
+    Without one, ferry says "no AWS credentials" itself: boto3 would import
+    for 0.3 s and then ask the link-local metadata endpoint, a network call
+    no laptop without AWS set up should make. ``use_instance_role: true``
+    (ferry on an EC2 instance with a role) lets boto3 ask it.
+    """
+    import os
+    from pathlib import Path
+
+    if any(os.environ.get(name) for name in CREDENTIAL_VARIABLES):
+        return True
+    base = Path(home or os.path.expanduser("~")) / ".aws"
+    files = [os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or base / "credentials",
+             os.environ.get("AWS_CONFIG_FILE") or base / "config"]
+    return any(Path(f).is_file() for f in files)
+
+
 class Clients:
     """One boto3 client per (service, region), made on first use."""
 
-    def __init__(self, region: str, endpoint_url: str | None):
+    def __init__(self, region: str, endpoint_url: str | None, use_instance_role: bool = False):
         self.region, self.endpoint_url = region, endpoint_url
+        self.use_instance_role = use_instance_role
         self._clients: dict[tuple[str, str], Any] = {}
 
     def __call__(self, service: str, region: str | None = None):
         region = region or self.region
         if (service, region) not in self._clients:
+            if not self.use_instance_role and not credentials_present():
+                raise ConfigError("no AWS credentials for ec2",
+                                  hint="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or configure a profile: "
+                                       "aws configure (on an EC2 instance with a role: "
+                                       "ferry.providers.ec2.use_instance_role: true)")
             boto3 = sdk("boto3", "ec2")
             from botocore.config import Config
 
