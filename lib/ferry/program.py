@@ -39,7 +39,8 @@ def _interruptible(step):
 SHOWN_CORE_FLAGS = ("--complete", "--debug", "--help", "--list", "--print-completion-script", "--version", "--config")
 # The task list, by what each task is about (the module that holds it).
 GROUPS = (("instances", "Instances"), ("files", "Files"), ("jobs", "Jobs"), ("clouds", "Clouds"),
-          ("money", "Costs (autostop, budget, orphans)"), ("reshape", "Reshaping (where the cloud can)"))
+          ("money", "Costs (autostop, budget, orphans)"), ("reshape", "Reshaping (where the cloud can)"),
+          ("hf", "Hugging Face"), ("replicate", "Replicate"))
 
 
 class FerryProgram(Program):
@@ -55,7 +56,7 @@ class FerryProgram(Program):
     def list_flat(self) -> None:
         """The task list in groups (instances, files, jobs, clouds), each task with its first docstring line."""
         by_group: dict[str, list] = {}
-        for name, task in sorted(self.scoped_collection.tasks.items()):
+        for name, task in sorted((n, self.scoped_collection[n]) for n in self.scoped_collection.task_names):
             module = getattr(task.body, "__module__", "").rsplit(".", 1)[-1]
             by_group.setdefault(module if module in dict(GROUPS) else "", []).append(
                 (name, (task.help or inspect.getdoc(task.body) or "").strip().splitlines()[0]

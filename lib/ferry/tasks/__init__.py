@@ -22,12 +22,14 @@ import logging
 from invoke import Collection
 
 from ..config import defaults
-from . import clouds, files, instances, jobs, money, reshape
+from . import clouds, files, hf, instances, jobs, money, replicate, reshape
 
 ns = Collection()
 for module in (instances, files, jobs, clouds, money, reshape):
     for task in Collection.from_module(module).tasks.values():
         ns.add_task(task)
+ns.add_collection(Collection.from_module(hf))  # ferry hf.publish-lora, hf.list-models
+ns.add_collection(Collection.from_module(replicate))  # ferry replicate.run, replicate.get, replicate.inputs
 ns.configure({"ferry": defaults()})
 
 __all__ = ["ns"]

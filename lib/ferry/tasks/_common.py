@@ -15,7 +15,7 @@ NAME_HELP = "instance name (default: the project's current instance)"
 
 # One meaning per letter, in every task: only these flags have a short form.
 SHORT_FLAGS = {"job": "j", "name": "n", "follow": "f", "env": "e", "yes": "y", "verbose": "v", "provider": "p",
-               "gpu": "g", "tail": "t"}
+               "gpu": "g", "tail": "t", "input": "i"}
 # What each value flag takes, for --help (Invoke would say STRING or INT).
 METAVARS = {"name": "NAME", "job": "JOB", "provider": "PROVIDER", "gpu": "GPU", "gpus": "N", "count": "N",
             "image": "IMAGE", "disk": "GB", "volume": "GB", "ports": "PORTS", "max-price": "DOLLARS", "region": "REGION",
@@ -25,7 +25,9 @@ METAVARS = {"name": "NAME", "job": "JOB", "provider": "PROVIDER", "gpu": "GPU", 
             "credentials": "DIR", "signal": "SIGNAL", "tail": "N", "port": "PORT[:LOCAL]", "cpu": "N", "to": "NAME",
             "id": "ID", "command": "COMMAND", "autostop": "DURATION|off", "autostop-action": "stop|terminate",
             "max-cost": "DOLLARS", "idle": "DURATION|off", "action": "stop|terminate",
-            "interval": "DURATION"}
+            "interval": "DURATION", "source-dir": "DIR", "repo": "NAME", "user": "USER", "trigger": "WORD",
+            "base-model": "REPO_ID", "weights": "FILE", "python": "PYTHON", "limit": "N", "input": "KEY=VALUE",
+            "output-dir": "DIR", "model": "OWNER/MODEL[:VERSION]"}
 
 
 class FerryTask(Task):
