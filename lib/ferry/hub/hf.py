@@ -85,7 +85,6 @@ def publish(settings: Settings, plan: Plan) -> dict[str, Any]:
     root = Path(plan.source).expanduser()
     files: list[tuple[object, str]] = [(str(root / rel), in_repo) for rel, in_repo, _ in plan.uploads() if rel != README]
     files.append((plan.card.encode(), README))
-    log.info(f"publishing {len(files)} files to {plan.repo_id} ({plan.visibility}) in one commit")
     try:
         return _sdk_publish(plan, files, token)
     except Refused as exc:
@@ -96,7 +95,7 @@ def _sdk_publish(plan: Plan, files, token: str) -> dict[str, Any]:
     from .hf_publish import publish as commit
 
     return commit(plan.repo_id, files, token=token, public=plan.public, exist_ok=plan.exist_ok,
-                  message=_message(plan), prog=program())
+                  message=_message(plan), prog=program(), say=log.info)
 
 
 # -- from the instance ---------------------------------------------------------------------------------
@@ -177,8 +176,7 @@ def publish_from_instance(settings: Settings, box: "Box", plan: Plan, python: st
     env["FERRY_HF_TOKEN_FILE"] = f"~/.ferry/credentials/hf-token-{stamp}"  # a path, not the token
     command = (f'{shlex.quote(python)} "{script}" "{plan_file}"; status=$?; rm -f "{plan_file}" "{token_file}"; '
                f'exit $status')
-    log.info(f"publishing {len(document['files'])} files from {box.name} to {plan.repo_id} ({plan.visibility}) "
-             "in one commit")
+    log.info(f"publishing from {box.name} (a job there: the weights go straight to the Hub)")
     lines = _ResultLines(sys.stderr)
     try:
         end = box.run(command, warn=True, env=env, label="hf-publish", out=lines)

@@ -48,7 +48,7 @@ def _http_failure(exc, doing: str, repo_id: str) -> Refused:
 
 
 def publish(repo_id: str, files: list[tuple[object, str]], *, token: str, public: bool, exist_ok: bool,
-            message: str, prog: str = "ferry") -> dict:
+            message: str, prog: str = "ferry", say=None) -> dict:
     """Create or reuse ``repo_id`` by the rules above and commit ``files`` ((local path or bytes, path in repo)).
 
     Returns what happened: repo, url, commit id and url, private, created, made_public, files.
@@ -88,6 +88,8 @@ def publish(repo_id: str, files: list[tuple[object, str]], *, token: str, public
                               hint=f"look at it, then publish with --exist-ok: {prog} hf.list-models") from None
             raise _http_failure(exc, f"creating {repo_id}", repo_id) from None
         created = True
+    if say is not None:
+        say(f"publishing {len(files)} files to {repo_id} ({'public' if public else 'private'}) in one commit")
     operations = [CommitOperationAdd(path_in_repo=in_repo, path_or_fileobj=source) for source, in_repo in files]
     try:
         commit = api.create_commit(repo_id, operations, commit_message=message, repo_type="model")
@@ -136,7 +138,7 @@ def main(argv: list[str]) -> int:
             if isinstance(source, str) and not os.path.isfile(source):
                 raise Refused(f"{source} is gone from the instance", hint="check the folder and publish again")
         result = publish(plan["repo"], files, token=token, public=plan["public"], exist_ok=plan["exist_ok"],
-                         message=plan["message"], prog=plan.get("prog", "ferry"))
+                         message=plan["message"], prog=plan.get("prog", "ferry"), say=lambda line: print(line, flush=True))
     except Refused as exc:
         print(ERROR + json.dumps({"message": exc.message, "hint": exc.hint, "code": exc.code}), flush=True)
         return exc.code
