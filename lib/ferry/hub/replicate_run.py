@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 DONE = ("succeeded", "failed", "canceled")
 MODEL_REF = re.compile(r"^(?P<owner>[A-Za-z0-9_.-]+)/(?P<name>[A-Za-z0-9_.-]+)(?::(?P<version>[0-9a-f]{8,}))?$")
 URL_PREFIXES = ("http://", "https://", "data:")
+# Types whose extension the platform's mimetypes table may not know (or guesses oddly).
+EXTENSIONS = {"image/jpeg": ".jpg", "image/webp": ".webp", "audio/wav": ".wav", "audio/x-wav": ".wav",
+              "audio/mpeg": ".mp3", "video/mp4": ".mp4", "text/plain": ".txt", "application/json": ".json"}
 
 
 def _sdk():
@@ -341,7 +344,7 @@ def _name_for(url: str, index: int | None) -> str:
     stem = "output" if index is None else f"output-{index}"
     if url.startswith("data:"):
         mime = url[5:].split(";", 1)[0].split(",", 1)[0]
-        return stem + (mimetypes.guess_extension(mime) or ".bin")
+        return stem + (EXTENSIONS.get(mime) or mimetypes.guess_extension(mime) or ".bin")
     name = PurePosixPath(unquote(urlsplit(url).path)).name
     return name if name and name not in (".", "..") and "/" not in name else stem
 
