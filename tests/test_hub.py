@@ -243,3 +243,40 @@ def test_config_masks_and_doctor_checks_the_tokens(ferry, project, hub_env):
     assert "huggingface token (HF_TOKEN): not set" in doctor.stdout
     doctor = ferry("doctor", env=env)
     assert "huggingface token (HF_TOKEN): from $HF_TOKEN" in doctor.stdout and TOKEN not in doctor.stdout
+
+
+# -- from the instance, where the weights are --------------------------------------------------------------
+def test_from_instance_publishes_there_and_the_token_travels_only_as_a_600_file(launched, project, home, fake_hf,
+                                                                               hub_env):
+    """On the local provider (a real loopback sshd): the weights never pass through the laptop, the token is
+    neither on a command line nor left behind on the instance."""
+    import sys
+
+    out = make_training_folder(project)
+    launched.ok("sync")
+    import shutil
+
+    shutil.rmtree(out)  # the laptop no longer has them: only the instance can publish them
+    # Look at the instance while the job runs: the fake Hub calls back before the commit is answered.
+    seen = {}
+
+    def snoop():
+        for path in home.rglob("*"):
+            if path.name == "credentials" and path.parent.name == ".ferry" or path.name.startswith("hf-token-"):
+                seen[path.name] = oct(path.stat().st_mode & 0o777)
+
+    fake_hf.on_commit = snoop
+    proc = launched.ok("hf.publish-lora", "--source-dir", "output/my_lora", "--repo", "far-lora", "--from-instance",
+                       "--python", sys.executable, env=with_token(hub_env), timeout=120)
+    commits = fake_hf.commits("alice/far-lora")
+    assert len(commits) == 1 and set(commits[0]["files"]) == EXPECTED
+    assert commits[0]["files"]["my_lora.safetensors"] == WEIGHTS
+    assert fake_hf.repos["alice/far-lora"]["private"] is True
+    # The publisher read the token file and deleted it before talking to the Hub; its folder is owner-only.
+    assert seen == {"credentials": "0o700"}, seen
+    assert not list(home.rglob("hf-token-*"))  # and gone afterwards
+    leftovers = [p for p in home.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
+    assert leftovers == []  # not in the job's spec, log or history either
+    assert TOKEN not in proc.stdout + proc.stderr
+    jobs = launched.ok("jobs", "--json").stdout
+    assert TOKEN not in jobs

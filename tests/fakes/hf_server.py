@@ -52,6 +52,7 @@ class FakeHF(HubFake):
         self.user = user
         self.repos: dict[str, dict[str, Any]] = {}
         self.lfs: dict[str, bytes] = {}
+        self.on_commit = None  # called (no arguments) as a commit arrives, before it is answered
 
     # -- test helpers ----------------------------------------------------------
     def add_repo(self, repo_id: str, private: bool = True, files: dict[str, bytes] | None = None,
@@ -167,6 +168,8 @@ class FakeHF(HubFake):
         return Response(200, {"transfer": "basic", "objects": objects}, content_type="application/vnd.git-lfs+json")
 
     def _commit(self, repo_id: str, repo: dict[str, Any], raw: bytes) -> Response:
+        if self.on_commit:
+            self.on_commit()  # a test's look at the world while the client waits for this answer
         message, files = "", {}
         for line in raw.decode().splitlines():
             if not line.strip():
