@@ -29,7 +29,8 @@ def both(launched, project):
 
 
 @pytest.mark.parametrize("program", ["ferry", "inv"])
-@pytest.mark.parametrize("argv", [["run", "--help"], ["run", "-h"], ["forward", "--help"], ["logs", "--help"]])
+@pytest.mark.parametrize("argv", [["run", "--help"], ["run", "-h"], ["forward", "--help"], ["logs", "--help"],
+                                  ["replicate.run", "--help"], ["fleet.run", "-h"]])
 def test_help_after_a_task_prints_that_tasks_help(both, launched, program, argv):
     proc = both(program, *argv)
     assert proc.returncode == 0, proc.stderr

@@ -23,3 +23,12 @@ def test_commands_without_keys_import_no_cloud_sdk(project, argv):
     assert "ferry.clouds" in modules  # it did ask every cloud
     sdks = sorted(m for m in modules if m.split(".")[0] in ("runpod", "vastai", "requests", "boto3", "botocore"))
     assert sdks == [], sdks
+
+
+@pytest.mark.parametrize("argv", [["--list"], ["hf.publish-lora", "--help"], ["replicate.run", "--help"]])
+def test_the_task_list_and_help_import_no_hub_sdk(project, argv):
+    """huggingface_hub and replicate are extras, imported only by the command that talks to them."""
+    modules = imported_modules(project, *argv)
+    assert "ferry.tasks" in modules  # it did load the tasks
+    sdks = sorted(m for m in modules if m.split(".")[0] in ("huggingface_hub", "replicate", "httpx", "boto3"))
+    assert sdks == [], sdks

@@ -53,6 +53,11 @@ def lookup(settings: Settings, provider: str) -> tuple[str, str] | None:
     declared = providers.module(provider).API_KEY
     if declared is None:
         return None
+    return find(settings, declared)
+
+
+def find(settings: Settings, declared: "providers.KeySource") -> tuple[str, str] | None:
+    """(value, where it came from) for any declared secret (a cloud's key, a hub's token); None if absent."""
     variable = declared.variable
     value = config.getenv(variable)
     if value:
@@ -79,9 +84,13 @@ def key(settings: Settings, provider: str) -> str:
     found = lookup(settings, provider)
     if found is None:
         declared = providers.module(provider).API_KEY
-        places = ", ".join([f"${declared.variable}", ".env", f"~/{GLOBAL_ENV_FILE}", *(f"~/{f}" for f in declared.files)])
-        raise ConfigError(f"no API key for {provider}", hint=f"set {declared.variable} (ferry looks in: {places})")
+        raise ConfigError(f"no API key for {provider}", hint=f"set {declared.variable} (ferry looks in: {places(declared)})")
     return found[0]
+
+
+def places(declared: "providers.KeySource") -> str:
+    """Where :func:`find` looks, in order, as a user reads it."""
+    return ", ".join([f"${declared.variable}", ".env", f"~/{GLOBAL_ENV_FILE}", *(f"~/{f}" for f in declared.files)])
 
 
 def mask(secret: str | None) -> str:

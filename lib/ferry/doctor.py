@@ -32,11 +32,14 @@ def resolved_config(settings: Settings) -> dict:
     from . import providers
 
     everything = {**settings.data, "providers": {name: settings.for_provider(name) for name in providers.names()}}
+    from .hub import tokens
+
     return {
         "settings": _mask_tree(everything),
         "project_dir": str(settings.project_dir),
         "project": settings.project,
         "api_keys": keys,
+        "hub_tokens": tokens.report(settings),
     }
 
 
@@ -45,6 +48,9 @@ def config_lines(report: dict) -> list[str]:
     lines += ["  " + l for l in json.dumps(report["settings"], indent=2, sort_keys=True, default=str).splitlines()]
     lines.append("api keys:")
     for name, info in report["api_keys"].items():
+        lines.append(f"  {name}: {info['value']} from {info['source']}" if info["set"] else f"  {name}: not set")
+    lines.append("hub tokens:")
+    for name, info in report.get("hub_tokens", {}).items():
         lines.append(f"  {name}: {info['value']} from {info['source']}" if info["set"] else f"  {name}: not set")
     return lines
 
@@ -74,6 +80,12 @@ def run_checks(settings: Settings) -> list[dict]:
         variable = source.variable
         checks.append(_check(f"{name} API key", bool(found), f"from {found[1]}" if found else "not set",
                              f"export {variable}=... (or put it in .env)", required=False))
+    from .hub import tokens
+
+    for service, info in tokens.report(settings).items():
+        checks.append(_check(f"{service} token ({info['variable']})", info["set"],
+                             f"from {info['source']}" if info["set"] else "not set",
+                             f"export {info['variable']}=... (or put it in .env)", required=False))
     checks.append(_check("ec2 credentials", _aws_credentials(), "boto3 credential chain",
                          "aws configure (or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)", required=False))
     checks.extend(_self_stop_paths())

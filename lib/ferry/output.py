@@ -101,7 +101,7 @@ def emit_json(document: Any) -> None:
     sys.stdout.flush()
 
 
-WRAPPABLE = frozenset({"AUTOSTOP", "SSH", "COMMAND", "LABEL", "PROJECT"})
+WRAPPABLE = frozenset({"AUTOSTOP", "SSH", "COMMAND", "LABEL", "PROJECT", "DESCRIPTION"})
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence[str] = ()) -> None:

@@ -40,7 +40,8 @@ SHOWN_CORE_FLAGS = ("--complete", "--debug", "--help", "--list", "--print-comple
 # The task list, by what each task is about (the module that holds it).
 GROUPS = (("instances", "Instances"), ("files", "Files"), ("jobs", "Jobs"), ("fleet", "Fleets (fleet.* and map)"),
           ("build", "Environment, remote scripts, tunnels"), ("clouds", "Clouds"),
-          ("money", "Costs (autostop, budget, orphans)"), ("reshape", "Reshaping (where the cloud can)"))
+          ("money", "Costs (autostop, budget, orphans)"), ("reshape", "Reshaping (where the cloud can)"),
+          ("hf", "Hugging Face"), ("replicate", "Replicate"))
 
 
 def _every_task(collection, prefix: str = ""):

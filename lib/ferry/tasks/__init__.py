@@ -22,7 +22,7 @@ import logging
 from invoke import Collection
 
 from ..config import defaults
-from . import build, clouds, files, fleet, instances, jobs, money, reshape
+from . import build, clouds, files, fleet, hf, instances, jobs, money, replicate, reshape
 
 ns = Collection()
 for module in (instances, files, jobs, build, clouds, money, reshape):
@@ -30,6 +30,8 @@ for module in (instances, files, jobs, build, clouds, money, reshape):
         ns.add_task(task)
 ns.add_task(fleet.map_)
 ns.add_collection(fleet.ns)
+ns.add_collection(Collection.from_module(hf))  # ferry hf.publish-lora, hf.list-models
+ns.add_collection(Collection.from_module(replicate))  # ferry replicate.run, replicate.get, replicate.inputs
 ns.configure({"ferry": defaults()})
 
 __all__ = ["ns"]

@@ -15,7 +15,7 @@ NAME_HELP = "instance name (default: the project's current instance)"
 
 # One meaning per letter, in every task: only these flags have a short form.
 SHORT_FLAGS = {"job": "j", "name": "n", "follow": "f", "env": "e", "yes": "y", "verbose": "v", "provider": "p",
-               "gpu": "g", "tail": "t"}
+               "gpu": "g", "tail": "t", "input": "i"}
 # What each value flag takes, for --help (Invoke would say STRING or INT).
 METAVARS = {"name": "NAME", "job": "JOB", "provider": "PROVIDER", "gpu": "GPU", "gpus": "N", "count": "N",
             "image": "IMAGE", "disk": "GB", "volume": "GB", "ports": "PORTS", "max-price": "DOLLARS", "region": "REGION",
@@ -26,7 +26,10 @@ METAVARS = {"name": "NAME", "job": "JOB", "provider": "PROVIDER", "gpu": "GPU", 
             "id": "ID", "command": "COMMAND", "autostop": "DURATION|off", "autostop-action": "stop|terminate",
             "max-cost": "DOLLARS", "idle": "DURATION|off", "action": "stop|terminate",
             "interval": "DURATION", "items": "FILE", "scripts": "DIR", "slots": "K|gpu", "retries": "N",
-            "host-timeout": "DURATION", "map": "ID", "dest": "DIR", "arg": "ARG", "wait": "DURATION"}
+            "host-timeout": "DURATION", "map": "ID", "dest": "DIR", "arg": "ARG", "wait": "DURATION",
+            "source-dir": "DIR", "repo": "NAME", "user": "USER", "trigger": "WORD",
+            "base-model": "REPO_ID", "weights": "FILE", "python": "PYTHON", "limit": "N", "input": "KEY=VALUE",
+            "output-dir": "DIR", "model": "OWNER/MODEL[:VERSION]"}
 
 
 class FerryTask(Task):
@@ -133,10 +136,13 @@ def show_help(task_name: str) -> None:
     """Print the task's own help, exactly as ``PROGRAM [core flags] --help TASK`` prints it, and stop."""
     argv = sys.argv
     start = len(sys.orig_argv) - len(argv) + 1  # where the program's own arguments begin
-    at = next((i for i, arg in enumerate(argv) if i and arg in (task_name, task_name.replace("-", "_"))), len(argv))
+    names = (task_name, task_name.replace("-", "_"))
+    # As typed: a task of a sub-collection (`replicate.run`) is named by its last part only.
+    at = next((i for i, arg in enumerate(argv) if i and arg.rsplit(".", 1)[-1] in names), len(argv))
+    typed = argv[at] if at < len(argv) else task_name
     core = [arg for arg in argv[1:at] if arg not in ("--help", "-h")]
     sys.stdout.flush()
-    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:start], *core, "--help", task_name])
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:start], *core, "--help", typed])
 
 
 def stdout_gone() -> None:
