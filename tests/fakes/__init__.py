@@ -427,6 +427,20 @@ class FakeAPIServer:
             return response
 
 
+def read_chunked(stream) -> bytes:
+    """A ``Transfer-Encoding: chunked`` request body, decoded."""
+    body = bytearray()
+    while True:
+        size_line = stream.readline().strip()
+        size = int(size_line.split(b";", 1)[0] or b"0", 16)
+        if size == 0:
+            while stream.readline().strip():  # trailers, then the empty line
+                pass
+            return bytes(body)
+        body += stream.read(size)
+        stream.readline()  # the CRLF after each chunk
+
+
 def _make_handler(fake: FakeAPIServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -437,8 +451,11 @@ def _make_handler(fake: FakeAPIServer) -> type[BaseHTTPRequestHandler]:
             pass
 
         def _serve(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
+            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                raw = read_chunked(self.rfile)  # the hub SDKs stream uploads whose length they cannot tell
+            else:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
             parts = urlsplit(self.path)
             body: Any = None
             if raw:
