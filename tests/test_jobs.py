@@ -339,6 +339,15 @@ def test_then_terminate_only_after_success_unless_then_always(launched, home, pr
     assert not instance_dir(home).exists()
 
 
+def test_a_follower_is_registered_before_its_job_can_end(launched):
+    """`--then` waits for followers before acting: one that registered only after an instant job ended was
+    cut off by its own instance's terminate, and `run` hung reconnecting to an instance that was gone."""
+    proc = launched.ok("run", 'ls -a "$HOME/.ferry/jobs/$(ls "$HOME/.ferry/jobs" | grep -v "^\\." | tail -1)"')
+    assert re.search(r"^follower\.\d+$", proc.stdout, re.M), proc.stdout
+    left = launched.ok("run", 'ls "$HOME"/.ferry/jobs/*/ | grep -c "^follower" || true').stdout.split()
+    assert left == ["1"], "only the follower of the job asking: every earlier one removed itself"
+
+
 def test_then_stop_stops_after_success(launched):
     launched.ok("run", "--then", "stop", "echo ok")
     assert json.loads(launched.ok("status", "--json").stdout)["status"] == "STOPPED"
