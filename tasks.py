@@ -15,10 +15,12 @@ from ferry.tasks import ns
 PYTHON = sys.executable
 
 
-@task(help={"k": "only tests matching this expression (pytest -k)", "x": "stop at the first failure"})
-def test(c, k=None, x=False):
+@task(help={"k": "only tests matching this expression (pytest -k)", "x": "stop at the first failure",
+            "jobs": "tests at once (pytest-xdist workers; 0 = one by one)"})
+def test(c, k=None, x=False, jobs=3):
     """Run the test suite."""
-    c.run(f"{PYTHON} -m pytest" + (f" -k {k!r}" if k else "") + (" -x" if x else ""), pty=sys.stdout.isatty())
+    c.run(f"{PYTHON} -m pytest -n {int(jobs)}" + (f" -k {k!r}" if k else "") + (" -x" if x else ""),
+          pty=sys.stdout.isatty())
 
 
 @task
