@@ -279,3 +279,45 @@ def test_a_dropped_connection_mid_item_neither_loses_nor_repeats_it(fleet3, proj
     last = (project / ".ferry" / "maps" / "last").read_text().strip()
     for seq in range(1, 7):  # every item's whole log came home, also the one cut off mid-stream
         assert (project / ".ferry" / "maps" / last / "logs" / f"{seq}.1.log").read_text() == f"done {seq - 1}\n"
+
+
+def test_a_running_item_can_be_followed_and_killed_with_all_it_started(launched, project, tmp_path):
+    """Map's items run without a pane or FIFOs: `logs -f` still sees one end, and `kill` takes its whole group."""
+    from ferry.sshd import pid_alive
+
+    release, child = tmp_path / "release", tmp_path / "child.pid"
+    (project / "items.txt").write_text("a\n")
+    command = (f'sleep 300 & echo $! > {child}; echo started {{}}; '
+               f'while [ ! -e {release} ]; do sleep 0.05; done; echo released; wait')
+    mapping = subprocess.Popen([sys.executable, "-m", "ferry", "map", command, "--items", "items.txt"], cwd=project,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    follower = None
+    try:
+        deadline = time.monotonic() + 30
+        while not (child.exists() and child.read_text().strip()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sleeper = int(child.read_text())
+        [job] = [j for j in json.loads(launched.ok("jobs", "--json").stdout) if j["state"] == "running"]
+        follower = subprocess.Popen([sys.executable, "-m", "ferry", "logs", "-f", "-j", str(job["number"])],
+                                    cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        release.touch()
+        deadline = time.monotonic() + 30
+        while "released" not in launched.ok("logs", "-j", str(job["number"])).stdout and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pid_alive(sleeper), "the item waits for its own child"
+        launched("kill", "-j", str(job["number"]))
+        out, err = follower.communicate(timeout=30)
+        assert out == "started a\nreleased\n", err
+        assert follower.returncode != 0, "a killed job is not a success"
+        _, map_err = mapping.communicate(timeout=30)
+        assert mapping.returncode == 1, map_err
+        deadline = time.monotonic() + 10
+        while pid_alive(sleeper) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not pid_alive(sleeper), "the item's own child went with it"
+        assert [j["state"] for j in json.loads(launched.ok("jobs", "--json").stdout)] == ["killed"]
+    finally:
+        for proc in (mapping, follower):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.communicate()
