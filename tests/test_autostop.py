@@ -70,17 +70,18 @@ def test_an_idle_instance_stops_itself_and_starts_its_agent_again_after_a_restar
 
 
 def test_a_running_job_holds_the_instance_until_it_ends(ferry, home, project):
-    ferry.ok("launch", "--autostop", "1s", env=FAST)
+    # 3 s: the job must be running before the instance has been idle that long, also on a loaded machine.
+    ferry.ok("launch", "--autostop", "3s", env=FAST)
     release = instance_dir(home) / "home" / "proj" / "release"
     ferry.ok("run", "--detach", "while [ ! -f release ]; do sleep 0.1; done", env=FAST)
-    assert holds(home, 3), "a running job keeps the instance up past the idle time"
+    assert holds(home, 4), "a running job keeps the instance up past the idle time"
     assert "busy: 1 job(s) running" in agent_log(home)
     release.write_text("go")
     assert wait_until(lambda: not running(home), 10), "once the job ends, idle time counts and it stops"
 
 
 def test_an_interactive_session_holds_it_and_an_ssh_forward_does_not(ferry, home, project):
-    ferry.ok("launch", "--autostop", "1s", env=FAST)
+    ferry.ok("launch", "--autostop", "3s", env=FAST)  # 3 s: time for the sessions to open under load
     printed = ferry.ok("ssh", "--print").stdout.strip()
     forward = subprocess.Popen([*ssh_words(printed, tty=False), "-N", "-L", "0:127.0.0.1:9"],
                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -89,7 +90,7 @@ def test_an_interactive_session_holds_it_and_an_ssh_forward_does_not(ferry, home
                                env={**os.environ, "TERM": "xterm"})
     os.close(secondary)
     try:
-        assert holds(home, 3), "a shell with a terminal holds the instance"
+        assert holds(home, 4), "a shell with a terminal holds the instance past the idle time"
         assert "interactive ssh session" in agent_log(home)
         os.write(main, b"exit\n")
         session.wait(timeout=20)
