@@ -3,10 +3,10 @@
 Starting each of map's items with its own ssh exec would pay an ssh session
 and a parse of the wrapper per item; a slot instead keeps one exec open and
 sends each job's spec down it, framed (``ID LENGTH TOKEN\\n`` + spec). The
-wrapper starts the job, waits for its end and answers with ``ferry-item ID -``,
-the whole log, the TOKEN (16 random bytes, new per job) and the usual
-``ferry-exit:`` trailer. A token rather than a size up front saves a process per
-job on the instance (``cat`` instead of ``stat`` and ``head``).
+wrapper starts the job, waits for its end and answers with the whole log, then
+the TOKEN (16 random bytes, new per job) and the usual ``ferry-exit:`` trailer
+in one write. A token rather than a size up front saves a process per job on
+the instance (``cat`` instead of ``stat`` and ``head``).
 
 The jobs themselves are ordinary ferry jobs with their own sessions: a
 dropped connection loses nothing. :meth:`JobPipe.run` then returns None and
@@ -79,16 +79,13 @@ class JobPipe:
         try:
             proc.stdin.write(f"{job_id} {len(spec)} ".encode() + token + b"\n" + spec)  # type: ignore[union-attr]
             proc.stdin.flush()  # type: ignore[union-attr]
-            header = proc.stdout.readline().split()  # type: ignore[union-attr]
-            if len(header) != 3 or header[0] != b"ferry-item" or header[1].decode() != job_id:
-                raise EOFError
             size, rest = copy_until(proc.stdout, token, sink)  # type: ignore[arg-type]
             sink.flush()
             line = rest[1:] if rest.startswith(b"\n") else rest
             if not line.endswith(b"\n"):
                 line += proc.stdout.readline()  # type: ignore[union-attr]
             end, _ = parse_end(line.decode(errors="replace"))
-            if end is None:
+            if end is None or end.job_id != job_id:
                 raise EOFError
             return replace(end, log_size=size)
         except (OSError, EOFError, ValueError):
