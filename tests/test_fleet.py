@@ -217,16 +217,21 @@ def _sshd_pids(home: Path, name: str) -> list[int]:
 
 
 def _connections(home: Path, name: str) -> list[int]:
-    """The member's per-connection sshds: the listener's own children (what a dropped network ends)."""
+    """The member's per-connection sshds, monitors and their post-auth children (what a dropped network ends).
+
+    Both: a post-auth child outlives its killed monitor and keeps the channel open.
+    """
+    from ferry.sshd import descendants_of
+
     root = int(next((home / ".ferry" / "local" / name).rglob("sshd.pid")).read_text().split()[0])
-    children = []
-    for entry in Path("/proc").iterdir():
+    found = []
+    for pid in descendants_of(root):
         try:
-            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == root:
-                children.append(int(entry.name))
-        except (OSError, ValueError, IndexError):
+            if (Path("/proc") / str(pid) / "comm").read_text().strip() == "sshd":
+                found.append(pid)
+        except OSError:
             continue
-    return children
+    return found
 
 
 def test_a_member_lost_mid_map_has_its_items_finished_elsewhere(fleet3, project, tmp_path, home):

@@ -216,17 +216,25 @@ def restart_sshd(home: Path) -> None:
 
 
 def kill_connections(home: Path) -> None:
-    """SIGKILL the per-connection sshd processes (children of the listener): the ControlMaster's link dies."""
+    """SIGKILL the per-connection sshds (the listener's children and their privsep children): the link dies.
+
+    Both, not just the children: a post-auth child outlives its killed monitor and keeps the channel open.
+    """
+    from ferry.sshd import descendants_of
+
     listener = LoopbackSshd(instance_dir(home) / "sshd").pid()
-    children = []
-    for entry in Path("/proc").iterdir():
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == listener:
-                children.append(int(entry.name))
-    assert children, "the follower's connection should be served by a child of the listener"
-    for pid in children:
+    connections = [pid for pid in descendants_of(listener) if _comm(pid) == "sshd"]
+    assert connections, "the follower's connection should be served by a child of the listener"
+    for pid in connections:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def _comm(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 N_LINES = 100
@@ -251,9 +259,13 @@ def test_following_resumes_at_the_exact_byte(launched, home, tmp_path, fault, ho
     assert out.read_bytes() == b"".join(b"line-%d\n" % i for i in range(1, N_LINES + 1))
 
 
-def _follower_running(job_id: str) -> bool:
-    """Is a `ferry-job follow <id>` process running on the instance (this machine)?"""
-    needle = f"follow\0{job_id}".encode()
+def _follower_running(home: Path, job_id: str) -> bool:
+    """Is a `ferry-job follow <id>` process running on this test's instance?
+
+    Matched by the instance's own ferry-job path too: "follow 1" alone also matches another test's
+    follower of its job number 1 (tests run side by side).
+    """
+    needle = f"{instance_dir(home)}/home/.ferry/bin/ferry-job\0follow\0{job_id}\0".encode()
     for entry in Path("/proc").iterdir():
         with contextlib.suppress(OSError):
             if entry.name.isdigit() and needle in (entry / "cmdline").read_bytes():
@@ -266,9 +278,9 @@ def test_a_silent_follow_survives_a_drop(launched, home, project):
     job_id = launched.ok("run", "--detach", f"while [ ! -e {release} ]; do sleep 0.05; done; echo done; exit 5"
                          ).stdout.strip()
     with popen(["logs", "-f", "-j", job_id], launched.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
-        until(lambda: _follower_running(job_id), what="the follower on the instance")
+        until(lambda: _follower_running(home, job_id), what="the follower on the instance")
         kill_connections(home)  # nothing has been printed yet: the drop must still read as a drop
-        until(lambda: _follower_running(job_id), what="the follower to come back")
+        until(lambda: _follower_running(home, job_id), what="the follower to come back")
         release.touch()
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 5, err
