@@ -440,3 +440,22 @@ def test_attach_gives_a_real_terminal(launched, home, project):
         assert probe[0].startswith("/dev/pts/") and probe[1] == "typed-42"
     finally:
         term.stop()
+
+
+def test_jobs_left_by_an_older_wrapper_are_still_listed_and_found(launched, home):
+    """An instance keeps its job history across a ferry upgrade: a job directory in the old layout
+    (number, label and command files; exit code and finish time apart) reads as it did."""
+    old = instance_dir(home) / "home" / ".ferry" / "jobs" / "20200101-000000000-0ld0"
+    old.mkdir(parents=True)
+    for name, text in {"number": "41\n", "label": "legacy", "command": "echo 'from before'", "log": "from before\n",
+                       "exit_code": "3\n", "finished_at": "2020-01-01T00:00:05.000Z\n",
+                       "pids": "1 1 x 2020-01-01T00:00:00.000Z 2 2\n"}.items():
+        (old / name).write_text(text)
+    launched.ok("run", "--label", "new", "echo now")
+    listed = jobs_json(launched)
+    assert (listed["41"]["label"], listed["41"]["command"], listed["41"]["state"], listed["41"]["exit_code"],
+            listed["41"]["finished_at"]) == ("legacy", "echo 'from before'", "failed", 3, "2020-01-01T00:00:05.000Z")
+    [new] = [j for j in listed.values() if j["label"] == "new"]
+    assert new["command"] == "echo now" and new["state"] == "succeeded" and new["finished_at"]
+    assert launched.ok("logs", "-j", "legacy").stdout == "from before\n"
+    assert launched.ok("logs", "-j", "41").stdout == "from before\n"
