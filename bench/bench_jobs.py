@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """ferry's job machinery against its floors, measured side by side in one run.
 
-    python bench/bench_jobs.py [--repeat N] [--lines N] [--drops N] [--samples]
+    python bench/bench_jobs.py [--repeat N] [--lines N] [--drops N] [--output-mb N] [--jobs N]
+                               [--quick] [--json FILE] [--samples]
 
 Under a throw-away HOME (/tmp/fbXXXX), a local instance (a real sshd on
 127.0.0.1) is launched for a tiny git project, then:
@@ -18,11 +19,21 @@ Under a throw-away HOME (/tmp/fbXXXX), a local instance (a real sshd on
    10 ms, the per-connection sshd is SIGKILLed; the time from the kill to
    the next line arriving is the cost of noticing, backing off and
    reconnecting (and every line must still arrive once, in order). Floor: a
-   fresh ssh connection (``ssh -o ControlPath=none <instance> true``).
+   fresh ssh connection (``ssh -o ControlPath=none <instance> true``);
+4. a big output: a command printing 100 MB (``yes <76 chars> | head -c``)
+   run as a job (``ssh … 'ferry-job start ID'`` then ``ssh … 'ferry-job
+   wait ID'``) against ``ssh <instance> 'CMD > file'``; and followed to the
+   end by ``ferry run CMD`` (stdout to /dev/null) against ``ssh <instance>
+   CMD > /dev/null``;
+5. many jobs from Python: ``box.run("true", detach=True)`` 64 times, then
+   ``job.wait()`` on each, against 64 sequential ``ssh <instance> true``.
 
-Medians in ms (and p95 for the delays) with ferry / floor. The instance is
-terminated and the HOME removed in a ``finally`` block, whatever happens.
-Helpers (timing, the table, machine facts, cleanup) come from bench_loop.py.
+Medians in ms (and p95 for the delays) with ferry / floor, and the issue's
+goal for the rows that have one. ``--quick``: up to 3 runs after 1 warm-up (see house.py), 10
+lines per delay run (one ferry run and one floor run, not two each), 1 drop
+(of a job printing 60 lines, not 150), 10 MB of output, 16 jobs (the labels
+say the sizes used). The instance is terminated and the HOME removed in a
+``finally`` block, whatever happens. Helpers come from house.py.
 """
 
 from __future__ import annotations
@@ -39,10 +50,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_loop import (  # noqa: E402
-    WARMUPS, BenchError, Failed, Row, ferry_cmd, finish, interpreter_of, machine_facts, print_failures,
-    print_samples, print_table, run, run_main, side_by_side, timed, tool_dir,
-)
+import house as H  # noqa: E402  (the house helpers: timing, rows, goals, table, JSON, cleanup)
+from house import BenchError, Failed, Goal, Row, ferry_cmd, run, side_by_side, timed  # noqa: E402
 
 PRINT_INTERVAL = 0.1  # seconds between the job's timestamp lines
 
@@ -123,29 +132,25 @@ def kill_connections(sshd_dir: Path) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeat", type=int, default=10, help="measured runs per round-trip row after 2 warm-ups (default 10)")
-    parser.add_argument("--lines", type=int, default=50, help="timestamp lines per delay measurement (default 50)")
-    parser.add_argument("--drops", type=int, default=5, help="dropped connections to resume from (default 5)")
-    parser.add_argument("--samples", action="store_true", help="also print every sample")
+    H.add_options(parser, repeat=10, what="measured runs per round-trip row")
+    parser.add_argument("--lines", type=int, help="timestamp lines per delay measurement (default 50; 10 with --quick)")
+    parser.add_argument("--drops", type=int, help="dropped connections to resume from (default 5; 1 with --quick)")
+    parser.add_argument("--output-mb", type=int, help="MB the big-output job prints (default 100; 10 with --quick)")
+    parser.add_argument("--jobs", type=int, help="detached jobs started from Python (default 64; 16 with --quick)")
     args = parser.parse_args()
-    if args.repeat < 1 or args.lines < 5 or args.drops < 1:
-        parser.error("--repeat and --drops must be at least 1, --lines at least 5")
+    H.configure(parser, args)
+    for name, full, quick in (("lines", 50, 10), ("drops", 5, 1), ("output_mb", 100, 10), ("jobs", 64, 16)):
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
+    if args.lines < 5 or args.drops < 1 or args.output_mb < 1 or args.jobs < 1:
+        parser.error("--drops, --output-mb and --jobs must be at least 1, --lines at least 5")
 
-    bins = tool_dir()
+    bins = H.tool_dir()
     ferry = str(bins / "ferry")
-    python = interpreter_of(bins / "inv")
+    python = H.interpreter_of(bins / "inv")
     home = Path(tempfile.mkdtemp(prefix="fb", dir="/tmp"))
-    project = home / "p"  # bench_loop.cleanup's fallback terminates the instance named "p"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("INVOKE_", "FERRY_"))}
-    env["HOME"] = str(home)
-    os.environ["HOME"] = str(home)
-    for k in [k for k in os.environ if k.startswith(("INVOKE_", "FERRY_"))]:
-        del os.environ[k]
-
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
+    project = home / "p"  # house.cleanup's fallback terminates the instance named "p"
+    env = H.fresh_env(home)
     launched = False
     remote = None
     rows: list[Row] = []
@@ -153,11 +158,12 @@ def main() -> int:
     t0 = time.perf_counter()
     try:
         print("machine:")
-        for fact in machine_facts(python):
+        for fact in H.machine_facts(python):
             print(f"  {fact}")
         print(f"  ferry: {ferry}   python: {python}")
-        print(f"  HOME for this run: {home}   repeat: {args.repeat} after {WARMUPS} warm-ups, medians; "
-              f"{args.lines} lines per delay run; {args.drops} drops\n", flush=True)
+        print(f"  HOME for this run: {home}   repeat: {args.repeat} after {H.WARMUPS} warm-ups, medians; "
+              f"{args.lines} lines per delay run; {args.drops} drops; {args.output_mb} MB output; {args.jobs} jobs"
+              f"{' (--quick)' if args.quick else ''}\n", flush=True)
         make_project(project, env)
         launched = True
         ms, _ = timed([ferry, "launch"], cwd=project, env=env, timeout=120)
@@ -176,7 +182,8 @@ def main() -> int:
         # 1. round trips ------------------------------------------------------------------------------
         fails: list[str] = []
         a, b = side_by_side(args.repeat, lambda: ferry_cmd([ferry, "run", "true"], cwd=project, env=env), floor_true, fails)
-        rows.append(Row("ferry run true (warm)", "ssh <instance> true (ControlMaster)", a, b, failures=fails))
+        rows.append(Row("ferry run true (warm)", "ssh <instance> true (ControlMaster)", a, b, failures=fails,
+                        goal=Goal(90, "ms")))
 
         def remote_half() -> float:
             job_id = jobs_lib.new_job_id()
@@ -193,7 +200,8 @@ def main() -> int:
         fails = []
         a, b = side_by_side(args.repeat, remote_half, floor_true, fails)
         rows.append(Row("  its remote half: ssh 'ferry-job start ID follow 0'", "ssh <instance> true (ControlMaster)", a, b,
-                        note="no Python start-up: the job machinery itself (tmux start + end detection)", failures=fails))
+                        note="no Python start-up: the job machinery itself (tmux start + end detection)", failures=fails,
+                        goal=2.5))
         fails = []
         a, b = side_by_side(args.repeat, lambda: ferry_cmd([ferry, "run", "--detach", "true"], cwd=project, env=env),
                             floor_true, fails)
@@ -205,7 +213,7 @@ def main() -> int:
         # 2. line delay while following ------------------------------------------------------------------
         job = stamp_job(python, args.lines)
         ferry_delays, floor_delays = [], []
-        for _ in range(2):  # alternate, twice, so drift hits both
+        for _ in range(1 if args.quick else 2):  # alternate, twice, so drift hits both (once with --quick)
             got = arrivals([ferry, "run", job], project, env)
             ferry_delays += [(arr - printed) / 1e6 for printed, arr in got[1:]]
             got = arrivals(ssh_base + [job], project, env)
@@ -221,7 +229,7 @@ def main() -> int:
         # from the kill to the next line arriving is how long output stopped flowing.
         sshd_dir = Path(box.instance.raw["dir"]) / "sshd"
         gaps, handshakes = [], []
-        n_lines, fault_at = 150, 30
+        n_lines, fault_at = (60 if args.quick else 150), 30
         for _ in range(args.drops):
             state = {"killed": 0, "at": 0}
 
@@ -243,18 +251,101 @@ def main() -> int:
                          gaps, handshakes, note="from the kill to the next line arriving (the job prints every 10 ms); "
                                                 "every line arrived once, in order")
 
-        all_rows = rows + delay_rows + [p95_row, resume_row]
-        print_table(all_rows)
+        rows.extend(delay_rows + [p95_row, resume_row])
+
+        # 4. a command printing a lot: inside the job wrapper, and followed by `ferry run` ----------------------
+        tool = follow_lib.job_tool(box)
+        size = args.output_mb * 1000 * 1000
+        big = f"yes {'0123456789' * 7 + 'abcdef'} | head -c {size}"  # 77-byte lines
+        rhome = box.instance.remote_home  # absolute: an ssh session starts in the user's own home, not this one
+        if not rhome or not rhome.startswith(f"{home}/"):
+            raise BenchError(f"the instance's home {rhome!r} is not under this run's {home}: not deleting anything there")
+        jobs_dir = f"{rhome}/.ferry/jobs"
+        floor_file = shlex.quote(f"{rhome}/bench-floor.out")  # on the filesystem the job logs are on
+        drop_logs = lambda: run(ssh_base + [f"rm -f {shlex.quote(jobs_dir)}/*/log {floor_file}"])  # noqa: E731  (untimed)
+
+        def big_in_wrapper() -> float:
+            job_id = jobs_lib.new_job_id()
+            spec = jobs_lib.job_spec(box, big)
+            start = time.perf_counter()
+            started = subprocess.run(ssh_base + [f"{tool} start {job_id}"], input=spec, capture_output=True, timeout=300)
+            waited = subprocess.run(ssh_base + [f"{tool} wait {job_id}"], stdin=subprocess.DEVNULL,
+                                    capture_output=True, timeout=300)
+            ms = (time.perf_counter() - start) * 1000.0
+            log_size = run(ssh_base + [f"stat -c %s {shlex.quote(jobs_dir)}/{job_id}/log"]).stdout.decode().strip()
+            drop_logs()
+            if started.returncode or b"ferry-exit:0:" not in waited.stderr or log_size != str(size):
+                raise Failed(f"big job: start exited {started.returncode}, wait said "
+                             f"{waited.stderr.decode(errors='replace').strip()[-200:]!r}, log {log_size} bytes")
+            return ms
+
+        def big_to_file() -> float:
+            ms = timed(ssh_base + [f"{big} > {floor_file}"])[0]
+            drop_logs()
+            return ms
+
+        fails = []
+        a, b = side_by_side(args.repeat, big_in_wrapper, big_to_file, fails)
+        rows.append(Row(f"{args.output_mb} MB of output in the job wrapper: ssh start + ssh wait",
+                        f"ssh <instance> 'CMD > file' (CMD: yes | head -c {size})", a, b, failures=fails,
+                        goal=1.3, note="two execs (start, wait) against one; the log is a file in the job's dir, "
+                                       "the pane's tail renders it in tmux meanwhile"))
+
+        def devnull(argv, check: bool) -> float:
+            start = time.perf_counter()
+            proc = subprocess.run(argv, cwd=project, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, timeout=300)
+            ms = (time.perf_counter() - start) * 1000.0
+            drop_logs()
+            if proc.returncode:
+                msg = f"{shlex.join(argv[-2:])} exited {proc.returncode}: {proc.stderr.decode(errors='replace')[-200:]}"
+                if check:
+                    raise BenchError(msg)
+                raise Failed(msg)
+            return ms
+
+        fails = []
+        a, b = side_by_side(args.repeat, lambda: devnull([ferry, "run", big], False),
+                            lambda: devnull(ssh_base + [big], True), fails)
+        rows.append(Row(f"ferry run CMD printing {args.output_mb} MB, > /dev/null", "ssh <instance> CMD > /dev/null", a, b,
+                        failures=fails, goal=1.5, note="the whole command, Python start-up included"))
+
+        # 5. many detached jobs from Python, then wait for each ---------------------------------------------
+        def many_jobs() -> float:
+            start = time.perf_counter()
+            started = [box.run("true", detach=True) for _ in range(args.jobs)]
+            ends = [job.wait() for job in started]
+            ms = (time.perf_counter() - start) * 1000.0
+            bad = [end for end in ends if not end.ok]
+            if bad:
+                raise Failed(f"{len(bad)} of {args.jobs} detached jobs did not succeed: {bad[0].describe()}")
+            return ms
+
+        def many_ssh() -> float:
+            start = time.perf_counter()
+            for _ in range(args.jobs):
+                run(ssh_true)
+            return (time.perf_counter() - start) * 1000.0
+
+        fails = []
+        a, b = side_by_side(args.repeat, many_jobs, many_ssh, fails)
+        rows.append(Row(f"{args.jobs} x box.run('true', detach=True), then job.wait() each",
+                        f"{args.jobs} sequential ssh <instance> true", a, b, failures=fails, goal=5.0,
+                        note="in-process; one exec to start each job and one to wait for each"))
+
+        H.print_table(rows)
         if args.samples:
-            print_samples(all_rows)
+            H.print_samples(rows)
         print()
         for line in facts:
             print(f"  {line}")
-        print_failures(all_rows)
+        H.print_failures(rows)
         return 0
     finally:
-        finish(t0, home, project, env, ferry, launched, remote)
+        error = sys.exc_info()[1]
+        H.write_json(args.json, "jobs", args, rows, t0, error=repr(error) if error else None)
+        H.finish(t0, home, project, env, ferry, launched, remote)
 
 
 if __name__ == "__main__":
-    run_main(main)
+    H.run_main(main)

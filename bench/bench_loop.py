@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
 """ferry's inner loop against its floors, measured side by side in one run.
 
-    python bench/bench_loop.py [--repeat N] [--samples]
+    python bench/bench_loop.py [--repeat N] [--quick] [--json FILE] [--samples]
 
 Everything happens under a throw-away HOME (/tmp/fbXXXX: short, because
 ControlMaster sockets are unix sockets): a local instance (a real sshd on
 127.0.0.1) is launched, a generated git project is synced to it, and then
 each ferry command is timed alternately with the cheapest way to do the same
-work by hand (the floor), N times after 2 warm-ups. The table shows medians
-in milliseconds and ferry / floor. The instance is terminated and the HOME
-removed in a ``finally`` block, whatever happens.
+work by hand (the floor), N times after 2 warm-ups (``--quick``: up to 3 after 1).
+The table shows medians in milliseconds, ferry / floor, and each row's goal
+from the issue with whether it is met. The instance is terminated and the
+HOME removed in a ``finally`` block, whatever happens.
 
 Run it with the interpreter ferry is installed in (its ``bin/`` must hold
 ``inv`` and ``ferry``), e.g. ``.venv/bin/python bench/bench_loop.py``.
@@ -19,12 +20,9 @@ See bench/README.md for what each row means.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import re
 import shlex
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -32,65 +30,13 @@ import tempfile
 import time
 from pathlib import Path
 
-WARMUPS = 2
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import house as H  # noqa: E402  (the house helpers: timing, rows, goals, table, JSON, cleanup)
+from house import BenchError, Failed, Goal, Row, ferry_cmd, run, side_by_side, timed  # noqa: E402
+
 N_DIRS, FILES_PER_DIR = 100, 20  # 2,000 tracked files
 VENV_DIRS, VENV_FILES_PER_DIR = 10, 30  # 300 ignored files under .venv/
 SYNC_LINE = re.compile(r"synced (\d+) files? \(([^)]*)\) in ([\d.]+)s")
-
-
-# -- helpers -----------------------------------------------------------------------
-class BenchError(RuntimeError):
-    pass
-
-
-def run(argv, *, cwd=None, env=None, check=True, stdin=subprocess.DEVNULL, timeout=120):
-    proc = subprocess.run(argv, cwd=cwd, env=env, stdin=stdin, capture_output=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise BenchError(
-            f"{shlex.join(map(str, argv))} exited {proc.returncode}\n"
-            f"stdout: {proc.stdout.decode(errors='replace')[-2000:]}\n"
-            f"stderr: {proc.stderr.decode(errors='replace')[-2000:]}"
-        )
-    return proc
-
-
-def timed(argv, **kwargs) -> tuple[float, subprocess.CompletedProcess]:
-    """Wall time in ms of one subprocess.run (output captured, stdin /dev/null)."""
-    start = time.perf_counter()
-    proc = run(argv, **kwargs)
-    return (time.perf_counter() - start) * 1000.0, proc
-
-
-def first_line(argv) -> str:
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=10)
-    except OSError as exc:
-        return f"unavailable ({exc})"
-    text = (proc.stdout or proc.stderr).strip()
-    return text.splitlines()[0] if text else "?"
-
-
-def tool_dir() -> Path:
-    """The bin/ holding ferry and inv: next to this interpreter (a venv), else from PATH."""
-    here = Path(sys.executable).parent
-    if (here / "ferry").exists() and (here / "inv").exists():
-        return here
-    found = shutil.which("ferry")
-    if not found:
-        raise BenchError("ferry is not installed for this interpreter; run with the venv's python")
-    return Path(found).parent
-
-
-def interpreter_of(script: Path) -> str:
-    """The python a console script runs under (its shebang), so floors use the same interpreter."""
-    line = script.read_bytes().split(b"\n", 1)[0].decode(errors="replace")
-    if line.startswith("#!"):
-        cmd = shlex.split(line[2:].strip())
-        if cmd and "python" in Path(cmd[-1]).name:
-            return cmd[-1]
-        if cmd and Path(cmd[0]).name == "env" and len(cmd) > 1:
-            return shutil.which(cmd[1]) or sys.executable
-    return sys.executable
 
 
 # -- fixtures ------------------------------------------------------------------------
@@ -135,174 +81,16 @@ def make_plain_tasks_project(root: Path, count: int = 10) -> None:
     (root / "tasks.py").write_text(body)
 
 
-# -- measuring -----------------------------------------------------------------------
-class Row:
-    def __init__(self, what: str, floor_what: str, ferry: list[float], floor: list[float], note: str = "",
-                 failures: list[str] | None = None):
-        self.what, self.floor_what, self.ferry, self.floor, self.note = what, floor_what, ferry, floor, note
-        self.failures = failures or []
-
-    @property
-    def ferry_ms(self) -> float:
-        return statistics.median(self.ferry)
-
-    @property
-    def floor_ms(self) -> float:
-        return statistics.median(self.floor)
-
-
-class Failed(Exception):
-    """A ferry command failed: counted in the row's fails column and left out of its median."""
-
-
-def ferry_cmd(argv, **kwargs) -> float:
-    ms, proc = timed(argv, check=False, **kwargs)
-    if proc.returncode != 0:
-        err = [l for l in proc.stderr.decode(errors="replace").splitlines() if l.strip()]
-        raise Failed(f"{shlex.join(argv[1:])} exited {proc.returncode}: {' | '.join(err[-2:]) or 'no stderr'}")
-    return ms
-
-
-def side_by_side(repeat: int, ferry_fn, floor_fn, failures: list[str] | None = None) -> tuple[list[float], list[float]]:
-    """Alternate ferry and floor so drift (load, caches) hits both alike; drop WARMUPS of each.
-
-    A ferry run that fails (Failed) is recorded in ``failures`` and retried as an extra
-    iteration, at most ``repeat`` extra times, so the row still gets its samples.
-    """
-    a, b = [], []
-    i = extra = 0
-    while i < WARMUPS + repeat:
-        try:
-            x = ferry_fn()
-        except Failed as exc:
-            if failures is None or extra >= repeat:
-                raise BenchError(str(exc)) from None
-            failures.append(str(exc))
-            extra += 1
-            floor_fn()  # keep the alternating rhythm
-            continue
-        y = floor_fn()
-        if i >= WARMUPS:
-            a.append(x)
-            b.append(y)
-        i += 1
-    return a, b
-
-
-def print_table(rows: list[Row]) -> None:
-    head = ["#", "what", "ferry ms", "floor ms", "ratio", "fails", "floor"]
-    cells = []
-    for i, r in enumerate(rows, 1):
-        ratio = r.ferry_ms / r.floor_ms if r.floor_ms > 0 else float("inf")
-        cells.append([str(i), r.what, f"{r.ferry_ms:.1f}", f"{r.floor_ms:.1f}", f"{ratio:.1f}x",
-                      str(len(r.failures)), r.floor_what])
-    widths = [max(len(c[i]) for c in [head, *cells]) for i in range(len(head))]
-    right = {2, 3, 4, 5}
-    line = lambda c: "  ".join(v.rjust(w) if i in right else v.ljust(w) for i, (v, w) in enumerate(zip(c, widths))).rstrip()  # noqa: E731
-    print(line(head))
-    print(line(["-" * w for w in widths]))
-    for c in cells:
-        print(line(c))
-    for i, r in enumerate(rows, 1):
-        if r.note:
-            print(f"   row {i}: {r.note}")
-
-
-def print_samples(rows: list[Row]) -> None:
-    print("\nsamples (ms):")
-    for i, r in enumerate(rows, 1):
-        fmt = lambda xs: " ".join(f"{x:.1f}" for x in xs)  # noqa: E731
-        print(f"  {i}. ferry: {fmt(r.ferry)}\n     floor: {fmt(r.floor)}")
-
-
-def machine_facts(python: str) -> list[str]:
-    versions = run(
-        [python, "-c", "import importlib.metadata as m;"
-         "print(' / '.join(f'{p} {m.version(p)}' for p in ('ferry','invoke','fabric','paramiko')))"],
-        check=False,
-    ).stdout.decode().strip()
-    return [
-        f"nproc: {first_line(['nproc'])} (os.cpu_count {os.cpu_count()}), load avg {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
-        f"kernel: {platform.system()} {platform.release()} {platform.machine()}",
-        f"ssh: {first_line(['ssh', '-V'])}",
-        f"rsync: {first_line(['rsync', '--version'])}",
-        f"tmux: {first_line(['tmux', '-V'])}    git: {first_line(['git', '--version'])}",
-        f"python: {first_line([python, '-VV'])}",
-        f"packages: {versions}",
-    ]
-
-
-# -- leftovers -------------------------------------------------------------------------
-def processes_mentioning(text: str) -> list[tuple[int, str]]:
-    """Live (non-zombie) processes whose command line or environment mentions ``text``."""
-    found = []
-    needle = text.encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            if stat.rsplit(")", 1)[1].split()[0] == "Z":
-                continue
-            cmdline = (entry / "cmdline").read_bytes()
-            try:
-                environ = (entry / "environ").read_bytes()
-            except OSError:
-                environ = b""
-        except (OSError, IndexError):
-            continue
-        if needle in cmdline or needle in environ:
-            found.append((int(entry.name), cmdline.replace(b"\0", b" ").decode(errors="replace").strip()))
-    return found
-
-
-def cleanup(home: Path, project: Path, env: dict, ferry: str, launched: bool, remote) -> list[str]:
-    """Terminate the instance through ferry, close leftovers by pid, remove HOME. Returns notes."""
-    notes = []
-    if launched:
-        try:
-            proc = subprocess.run([ferry, "terminate", "--yes"], cwd=project, env=env,
-                                  capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
-            if proc.returncode != 0:
-                notes.append(f"ferry terminate exited {proc.returncode}: {proc.stderr.decode(errors='replace').strip()}")
-        except (OSError, subprocess.SubprocessError) as exc:
-            notes.append(f"ferry terminate failed: {exc}")
-        if notes:  # fall back to the library's own terminate (kills by pid from the sshd pid file / marker)
-            try:
-                from ferry.providers.local import LocalProvider
-
-                if remote is not None:
-                    remote.close()
-                LocalProvider(root=home / ".ferry" / "local").terminate("p")
-                notes.append("fell back to LocalProvider.terminate")
-            except Exception as exc:  # noqa: BLE001
-                notes.append(f"fallback terminate failed: {exc}")
-    time.sleep(0.1)
-    left = processes_mentioning(str(home))
-    for pid, cmd in left:
-        notes.append(f"left running after terminate, killing pid {pid}: {cmd[:120]}")
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    shutil.rmtree(home, ignore_errors=True)
-    if home.exists():
-        notes.append(f"could not remove {home}")
-    return notes
-
-
 # -- the benchmark ------------------------------------------------------------------------
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeat", type=int, default=10, help="measured runs per row after 2 warm-ups (default 10)")
-    parser.add_argument("--samples", action="store_true", help="also print every sample")
+    H.add_options(parser, repeat=10)
     args = parser.parse_args()
-    if args.repeat < 1:
-        parser.error("--repeat must be at least 1")
+    H.configure(parser, args)
 
-    bins = tool_dir()
+    bins = H.tool_dir()
     ferry, inv = str(bins / "ferry"), str(bins / "inv")
-    python = interpreter_of(bins / "inv")
+    python = H.interpreter_of(bins / "inv")
     rsync = shutil.which("rsync")
     if not rsync:
         raise BenchError("rsync is not installed")
@@ -310,16 +98,7 @@ def main() -> int:
     home = Path(tempfile.mkdtemp(prefix="fb", dir="/tmp"))
     project = home / "p"
     tasks_dir = home / "t"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("INVOKE_", "FERRY_"))}
-    env["HOME"] = str(home)
-    os.environ["HOME"] = str(home)  # the library calls below (Path.home()) must see the same HOME
-    for k in [k for k in os.environ if k.startswith(("INVOKE_", "FERRY_"))]:
-        del os.environ[k]
-
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
+    env = H.fresh_env(home)
 
     launched = False
     remote = None
@@ -329,10 +108,11 @@ def main() -> int:
     t0 = time.perf_counter()
     try:
         print("machine:")
-        for fact in machine_facts(python):
+        for fact in H.machine_facts(python):
             print(f"  {fact}")
         print(f"  ferry: {ferry}   inv: {inv}   python: {python}")
-        print(f"  HOME for this run: {home}   repeat: {args.repeat} after {WARMUPS} warm-ups, medians\n", flush=True)
+        print(f"  HOME for this run: {home}   repeat: {args.repeat} after {H.WARMUPS} warm-ups, medians"
+              f"{' (--quick)' if args.quick else ''}\n", flush=True)
 
         tracked = make_project(project, env)
         make_tasks_project(tasks_dir)
@@ -385,7 +165,8 @@ def main() -> int:
         fails: list[str] = []
         a, b = side_by_side(args.repeat, lambda: ferry_cmd([ferry, "run", "true"], cwd=project, env=env),
                             floor_true, fails)
-        rows.append(Row("ferry run true (warm)", "ssh <instance> true (ControlMaster)", a, b, failures=fails))
+        rows.append(Row("ferry run true (warm)", "ssh <instance> true (ControlMaster)", a, b, failures=fails,
+                        goal=Goal(90, "ms")))
 
         from ferry import follow as follow_lib
         from ferry import jobs as jobs_lib
@@ -406,7 +187,7 @@ def main() -> int:
         fails = []
         a, b = side_by_side(args.repeat, remote_half, floor_true, fails)
         rows.append(Row("  its remote half: ssh 'ferry-job start ID follow 0'", "ssh <instance> true (ControlMaster)", a, b,
-                        note="no Python start-up: what the job machinery itself costs", failures=fails))
+                        note="no Python start-up: what the job machinery itself costs", failures=fails, goal=2.5))
         fails = []
         a, b = side_by_side(args.repeat, lambda: ferry_cmd([ferry, "run", "--detach", "true"], cwd=project, env=env),
                             floor_true, fails)
@@ -434,59 +215,34 @@ def main() -> int:
             return ms
 
         a, b = side_by_side(args.repeat, ferry_sync, lambda: timed(raw_rsync)[0])
-        inproc, startup = inproc[WARMUPS:], startup[WARMUPS:]
+        inproc, startup = inproc[H.WARMUPS:], startup[H.WARMUPS:]
         rows.append(Row("ferry sync, no-op (whole command)", "rsync -rlpt -e <same ssh>, same excludes", a, b))
         rows.append(Row("  in-process time ferry reports", "rsync -rlpt -e <same ssh>, same excludes", inproc, b,
                         note="10 ms resolution (ferry prints 2 decimals)"))
+        rows[-1].capped = a.capped
         start_floor = [r for r in rows if r.what.startswith("inv --list")][0].floor
         rows.append(Row("  start-up + exit (wall - in-process)", 'python -c "import invoke" (as row 1)', startup,
                         start_floor))
+        rows[-1].capped = a.capped
         checks.append(f"no-op ferry sync reported files sent: {sorted(reported_files)} (expect [0])")
         git_ls = ["git", "-c", "core.quotePath=off", "ls-files", "-z", "--others", "--ignored",
                   "--exclude-standard", "--directory", "--no-empty-directory"]
-        ls_ms = statistics.median([timed(git_ls, cwd=project, env=env)[0] for _ in range(WARMUPS + args.repeat)][WARMUPS:])
+        ls_ms = statistics.median([timed(git_ls, cwd=project, env=env)[0] for _ in range(H.WARMUPS + args.repeat)][H.WARMUPS:])
         checks.append(f"of ferry's in-process time, its exclude step (git ls-files --others --ignored): {ls_ms:.1f} ms median")
 
-        print_table(rows)
+        H.print_table(rows)
         if args.samples:
-            print_samples(rows)
+            H.print_samples(rows)
         print()
         for line in facts + checks:
             print(f"  {line}")
-        print_failures(rows)
+        H.print_failures(rows)
         return 0
     finally:
-        finish(t0, home, project, env, ferry, launched, remote)
-
-
-def print_failures(rows: list) -> None:
-    """ferry runs that failed: left out of the medians (and retried), but never hidden."""
-    failed = [(i, f) for i, r in enumerate(rows, 1) for f in r.failures]
-    if failed:
-        print("\nferry failures (left out of the medians, retried as extra runs):")
-        for i, f in failed:
-            print(f"  row {i}: {f}")
-
-
-def finish(t0: float, home, project, env, ferry, launched, remote) -> None:
-    """Every bench's ``finally``: terminate the instance, remove the HOME, say how long it all took."""
-    notes = cleanup(home, project, env, ferry, launched, remote)
-    for note in notes:
-        print(f"cleanup: {note}", file=sys.stderr)
-    print(f"\ntotal bench time {time.perf_counter() - t0:.1f} s; instance terminated, {home} removed"
-          + ("" if not notes else " (see cleanup notes)"))
-
-
-def run_main(main) -> None:
-    """The ``__main__`` of every bench: a BenchError is one line and exit 1, Ctrl-C exits 130."""
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        print(f"bench failed: {exc}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.exit(130)
+        error = sys.exc_info()[1]
+        H.write_json(args.json, "loop", args, rows, t0, error=repr(error) if error else None)
+        H.finish(t0, home, project, env, ferry, launched, remote)
 
 
 if __name__ == "__main__":
-    run_main(main)
+    H.run_main(main)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """``map`` over a fleet against its floor, measured side by side in one run.
 
-    python bench/bench_map.py [--repeat N] [--members 8] [--items 64] [--slots 2]
+    python bench/bench_map.py [--repeat N] [--members 8] [--items 64] [--slots 2] [--quick] [--json FILE]
 
 Under a throw-away HOME (/tmp/fbXXXX), ``ferry launch --count 8`` makes 8
 local instances (real sshds on 127.0.0.1), then for ``true`` and ``sleep 0.1``:
@@ -14,15 +14,15 @@ local instances (real sshds on 127.0.0.1), then for ``true`` and ``sleep 0.1``:
   members' ControlMaster connections, 2 at a time per member, 8 members in
   parallel: the same concurrency with no job machinery at all.
 
-Medians in ms with the ratio. The instances are terminated and the HOME
-removed in a ``finally`` block, whatever happens.
+Medians in ms with the ratio and the issue's goals (``true`` <= 3x, ``sleep
+0.1`` <= 1.3x the floor). ``--quick``: up to 3 runs after 1 warm-up, 16 items on 4
+members (the labels say the sizes used). The instances are terminated and
+the HOME removed in a ``finally`` block, whatever happens.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -31,11 +31,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import house as H  # noqa: E402  (the house helpers: timing, rows, goals, table, JSON, cleanup)
 from bench_jobs import make_project  # noqa: E402
-from bench_loop import (  # noqa: E402
-    WARMUPS, BenchError, Row, ferry_cmd, interpreter_of, machine_facts, print_failures, print_table, run_main,
-    side_by_side, timed, tool_dir,
-)
+from house import BenchError, Row, ferry_cmd, side_by_side, timed  # noqa: E402
+
+GOALS = {"true": 3.0, "sleep 0.1": 1.3}  # issue 12: ferry / floor
 
 
 def raw_floor(remotes: list, items: int, slots: int, command: str) -> float:
@@ -65,34 +65,31 @@ def raw_floor(remotes: list, items: int, slots: int, command: str) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeat", type=int, default=5, help="measured runs per row after the warm-ups (default 5)")
-    parser.add_argument("--members", type=int, default=8)
-    parser.add_argument("--items", type=int, default=64)
+    H.add_options(parser, repeat=5)
+    parser.add_argument("--members", type=int, help="instances in the fleet (default 8; 4 with --quick)")
+    parser.add_argument("--items", type=int, help="items per map (default 64; 16 with --quick)")
     parser.add_argument("--slots", type=int, default=2)
     args = parser.parse_args()
+    H.configure(parser, args)
+    args.members = args.members or (4 if args.quick else 8)
+    args.items = args.items or (16 if args.quick else 64)
 
-    bins = tool_dir()
+    bins = H.tool_dir()
     ferry = str(bins / "ferry")
-    python = interpreter_of(bins / "inv")
+    python = H.interpreter_of(bins / "inv")
     home = Path(tempfile.mkdtemp(prefix="fb", dir="/tmp"))
     project = home / "p"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("INVOKE_", "FERRY_"))}
-    env["HOME"] = str(home)
-    os.environ["HOME"] = str(home)
-
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
+    env = H.fresh_env(home)
     rows: list[Row] = []
     t0 = time.perf_counter()
     launched = False
     try:
         print("machine:")
-        for fact in machine_facts(python):
+        for fact in H.machine_facts(python):
             print(f"  {fact}")
         print(f"  HOME for this run: {home}   {args.members} members x {args.slots} slots, {args.items} items; "
-              f"repeat {args.repeat} after {WARMUPS} warm-ups, medians\n", flush=True)
+              f"repeat {args.repeat} after {H.WARMUPS} warm-ups, medians"
+              f"{' (--quick)' if args.quick else ''}\n", flush=True)
         make_project(project, env)
         (project / "items.txt").write_text("".join(f"{i}\n" for i in range(args.items)))
         launched = True
@@ -114,17 +111,24 @@ def main() -> int:
                 return (time.perf_counter() - start) * 1000.0
 
             floor = lambda command=command: raw_floor(remotes, args.items, args.slots, command)  # noqa: E731
+            fails: list[str] = []
             a, b = side_by_side(args.repeat, in_process, floor)
-            rows.append(Row(f"fleet.map({command!r}) x{args.items}, in-process", "raw ssh exec per item, same slots", a, b))
+            size = f"x{args.items} on {args.members}x{args.slots} slots"
+            rows.append(Row(f"fleet.map({command!r}) {size}, in-process", "raw ssh exec per item, same slots", a, b,
+                            goal=GOALS[command]))
             a, b = side_by_side(args.repeat, lambda command=command: ferry_cmd(
                 [ferry, "map", command, "--items", "items.txt", "--slots", str(args.slots), "--name", "m",
-                 "--no-sync"], cwd=project, env=env, timeout=120), floor)
-            rows.append(Row(f"ferry map {command!r} x{args.items}, whole command", "raw ssh exec per item, same slots", a, b))
-        print_table(rows)
-        print("   goals (issue 12): true <= 3x, sleep 0.1 <= 1.3x the floor")
-        print_failures(rows)
+                 "--no-sync"], cwd=project, env=env, timeout=120), floor, fails)
+            rows.append(Row(f"ferry map {command!r} {size}, whole command", "raw ssh exec per item, same slots", a, b,
+                            goal=GOALS[command], failures=fails))
+        H.print_table(rows)
+        if args.samples:
+            H.print_samples(rows)
+        H.print_failures(rows)
         return 0
     finally:
+        error = sys.exc_info()[1]
+        H.write_json(args.json, "map", args, rows, t0, error=repr(error) if error else None)
         if launched:
             proc = subprocess.run([ferry, "fleet.terminate", "--name", "m", "--yes"], cwd=project, env=env,
                                   capture_output=True, timeout=120)
@@ -135,11 +139,12 @@ def main() -> int:
                 provider = LocalProvider(home / ".ferry" / "local")
                 for instance in provider.list():
                     provider.terminate(instance.id)
-        import shutil
-
-        shutil.rmtree(home, ignore_errors=True)
-        print(f"\ntotal bench time {time.perf_counter() - t0:.1f} s; instances terminated, {home} removed")
+        notes = H.sweep(home)  # leftovers by pid, then the HOME
+        for note in notes:
+            print(f"cleanup: {note}", file=sys.stderr)
+        print(f"\ntotal bench time {time.perf_counter() - t0:.1f} s; instances terminated, {home} removed"
+              + ("" if not notes else " (see cleanup notes)"))
 
 
 if __name__ == "__main__":
-    run_main(main)
+    H.run_main(main)

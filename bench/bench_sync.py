@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """ferry sync/download against their floors on an ML-shaped repository, side by side in one run.
 
-    python bench/bench_sync.py [--repeat N] [--samples] [--disk]
+    python bench/bench_sync.py [--repeat N] [--quick] [--json FILE] [--samples] [--disk] [--big-files N]
 
 A throw-away HOME (on tmpfs, /dev/shm, unless --disk: a loaded disk makes
 first-copy times swing 10x between runs) holds a local instance (a real sshd
@@ -16,6 +16,12 @@ and the cheapest by-hand way to do the same work (the floor), N times after
   over the same reused ssh connection (and, for reference, against a recursive
   rsync with git's ignored paths as excludes, the fastest walk);
 * no-op download, against a raw ``rsync`` pull;
+* on a second instance, a project of 100,000 small files (sync_big.py):
+  initial sync, one changed file, no-op (in-process and whole command) and
+  the peak memory of ``ferry sync`` (``--big-files N`` sets the size, 0 skips).
+
+``--quick``: up to 3 runs after 1 warm-up, and 10,000 files instead of 100,000 for
+the large project (its labels say the size used). Rows carry the issue's goals.
 
 "in-process" rows time the library call inside this process (start-up
 excluded); "whole command" rows time ``ferry sync`` as a user runs it, and
@@ -32,7 +38,6 @@ import random
 import re
 import shlex
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -40,19 +45,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_loop as loop  # noqa: E402  (the house helpers: timing, rows, table, cleanup)
-from bench_loop import WARMUPS, BenchError, Row, run, side_by_side, timed  # noqa: E402
+import house as H  # noqa: E402  (the house helpers: timing, rows, goals, table, JSON, cleanup)
+from house import BenchError, Row, run, side_by_side, timed  # noqa: E402
+from sync_big import big_rows  # noqa: E402
 
 SRC_DIRS, SRC_PER_DIR = 200, 25  # 5,000 tracked files, 1-20 KB each
 VENV_DIRS, VENV_PER_DIR = 400, 50  # 20,000 ignored files
 WEIGHTS = 500 * 1024 * 1024
 SUMMARY = re.compile(r"synced (\d+) files? \(([^)]*)\) in ([\d.]+)s")
-TARGETS = {  # row label -> the issue's target ratio
-    "initial sync (in-process)": 1.5,
-    "no-op sync (in-process)": 1.3,
-    "10-file change (in-process)": 1.3,
-    "no-op sync (whole command)": 3.0,
-}
 
 
 def make_ml_project(root: Path, env: dict) -> tuple[int, int]:
@@ -89,32 +89,25 @@ def median(xs: list[float]) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeat", type=int, default=10, help="measured runs per row after 2 warm-ups (default 10)")
-    parser.add_argument("--samples", action="store_true", help="also print every sample")
+    H.add_options(parser, repeat=10)
     parser.add_argument("--disk", action="store_true", help="put the HOME (project and instance) on /tmp, not tmpfs")
+    parser.add_argument("--big-files", type=int, help="files in the large project (default 100000; 10000 with --quick; "
+                                                       "0 skips its rows)")
     args = parser.parse_args()
-    if args.repeat < 1:
-        parser.error("--repeat must be at least 1")
+    H.configure(parser, args)
+    if args.big_files is None:
+        args.big_files = 10000 if args.quick else 100000
 
-    bins = loop.tool_dir()
+    bins = H.tool_dir()
     ferry = str(bins / "ferry")
-    python = loop.interpreter_of(bins / "inv")
+    python = H.interpreter_of(bins / "inv")
     rsync, tar, git_bin = shutil.which("rsync"), shutil.which("tar"), shutil.which("git")
     if not (rsync and tar and git_bin):
         raise BenchError("rsync, tar and git must be installed")
     base = "/tmp" if args.disk or not os.access("/dev/shm", os.W_OK) else "/dev/shm"
     home = Path(tempfile.mkdtemp(prefix="fs", dir=base))
     project = home / "p"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("INVOKE_", "FERRY_"))}
-    env["HOME"] = str(home)
-    os.environ["HOME"] = str(home)  # the in-process library calls must see the same HOME
-    for k in [k for k in os.environ if k.startswith(("INVOKE_", "FERRY_"))]:
-        del os.environ[k]
-
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
+    env = H.fresh_env(home)
     launched, remote = False, None
     rows: list[Row] = []
     facts: list[str] = []
@@ -122,11 +115,12 @@ def main() -> int:
     t0 = time.perf_counter()
     try:
         print("machine:")
-        for fact in loop.machine_facts(python):
+        for fact in H.machine_facts(python):
             print(f"  {fact}")
         print(f"  ferry: {ferry}   python: {python}")
         print(f"  HOME for this run: {home} ({'tmpfs' if base == '/dev/shm' else 'disk'})   "
-              f"repeat: {args.repeat} after {WARMUPS} warm-ups, medians\n", flush=True)
+              f"repeat: {args.repeat} after {H.WARMUPS} warm-ups, medians"
+              f"{' (--quick)' if args.quick else ''}\n", flush=True)
 
         started = time.perf_counter()
         tracked, tracked_bytes = make_ml_project(project, env)
@@ -176,7 +170,8 @@ def main() -> int:
             return timed(tar_pipe, cwd=project, env=env)[0]
 
         a, b = side_by_side(args.repeat, ferry_initial, floor_initial)
-        rows.append(Row("initial sync (in-process)", "git ls-files -z | tar | ssh tar x (empty dir)", a, b))
+        rows.append(Row("initial sync, 5k files (in-process)", "git ls-files -z | tar | ssh tar x (empty dir)", a, b,
+                        goal=1.3))
         box.sync(progress=False)  # leaves a complete workdir and a fresh record
         counted = run(ssh + [f"cd {shlex.quote(wd)} && find . -type f | wc -l"]).stdout.decode().strip()
         checks.append(f"files on the instance after ferry's initial sync: {counted} (project: {tracked} tracked; "
@@ -217,7 +212,8 @@ def main() -> int:
             return ms
 
         a, b = side_by_side(args.repeat, ferry_noop, floor_files_from)
-        rows.append(Row("no-op sync (in-process)", "git ls-files | rsync --files-from (reused ssh)", a, b))
+        rows.append(Row("no-op sync, 5k files (in-process)", "git ls-files | rsync --files-from (reused ssh)", a, b,
+                        goal=1.3))
         a, b = side_by_side(args.repeat, ferry_noop, floor_filtered)
         rows.append(Row("  same, against the fastest walk", "rsync -rlpt with git's ignored paths excluded", a, b))
         checks.append(f"in-process no-op syncs took the path(s): {sorted(hows)} (expect unchanged:0)")
@@ -254,7 +250,8 @@ def main() -> int:
             return ms
 
         a, b = side_by_side(args.repeat, ferry_ten, floor_ten)
-        rows.append(Row("10-file change (in-process)", "edit 10 files; git ls-files | rsync --files-from", a, b))
+        rows.append(Row("10-file change of 5k (in-process)", "edit 10 files; git ls-files | rsync --files-from", a, b,
+                        goal=1.3))
         checks.append(f"files ferry sent per 10-file change: {sorted(changed_counts)} (expect [10])")
 
         # 4. whole command: no-op `ferry sync` -----------------------------------------------------------------
@@ -270,32 +267,35 @@ def main() -> int:
             return ms
 
         a, b = side_by_side(args.repeat, ferry_cli, floor_files_from)
-        rows.append(Row("no-op sync (whole command)", "git ls-files | rsync --files-from (reused ssh)", a, b))
-        reported, startup = reported[WARMUPS:], startup[WARMUPS:]
+        rows.append(Row("no-op sync, 5k files (whole command)", "git ls-files | rsync --files-from (reused ssh)", a, b,
+                        goal=3.0))
+        reported, startup = reported[H.WARMUPS:], startup[H.WARMUPS:]  # this row's measured runs only
+        kept = (list(reported), list(startup))
         a2, b2 = side_by_side(args.repeat, ferry_cli, floor_filtered)
         rows.append(Row("  same, against the fastest walk", "rsync -rlpt with git's ignored paths excluded", a2, b2))
-        imp = [timed([python, "-c", "import invoke"], env=env)[0] for _ in range(WARMUPS + args.repeat)][WARMUPS:]
+        reported, startup = kept
+        imp = [timed([python, "-c", "import invoke"], env=env)[0] for _ in range(H.WARMUPS + args.repeat)][H.WARMUPS:]
         rows.append(Row("  start-up + exit (wall - reported)", 'python -c "import invoke"', startup, imp,
                         note="the cost of a new Python process importing invoke and ferry"))
+        rows[-1].capped = a.capped
 
         # 5. no-op download ------------------------------------------------------------------------------------
         pull = [rsync, "-rlpt", "--update", "-e", rsh, f"{host}{wd}/", f"{project}/"]
         a, b = side_by_side(args.repeat, lambda: in_process(lambda: box.download(progress=False)),
                             lambda: timed(pull)[0])
         rows.append(Row("no-op download (in-process)", "rsync -rlpt --update host:workdir/ ./", a, b))
-        a, b = side_by_side(args.repeat, lambda: loop.ferry_cmd([ferry, "download"], cwd=project, env=env),
+        a, b = side_by_side(args.repeat, lambda: H.ferry_cmd([ferry, "download"], cwd=project, env=env),
                             lambda: timed(pull)[0])
         rows.append(Row("no-op download (whole command)", "rsync -rlpt --update host:workdir/ ./", a, b))
 
-        loop.print_table(rows)
+        if args.big_files:
+            big_rows(home=home, env=env, ferry=ferry, repeat=args.repeat, n_files=args.big_files, rows=rows,
+                     facts=facts, checks=checks)
+
+        H.print_table(rows)
         if args.samples:
-            loop.print_samples(rows)
-        print("\ntargets (issue 3):")
-        for row in rows:
-            if row.what in TARGETS:
-                ratio = row.ferry_ms / row.floor_ms
-                verdict = "met" if ratio <= TARGETS[row.what] else "MISSED"
-                print(f"  {row.what}: {ratio:.2f}x, target <= {TARGETS[row.what]}x: {verdict}")
+            H.print_samples(rows)
+        print()
         print(f"  start-up of `ferry sync` (wall minus the time it reports): {median(startup):.0f} ms median; "
               f"the sync itself as reported: {median(reported):.0f} ms")
         print()
@@ -303,8 +303,10 @@ def main() -> int:
             print(f"  {line}")
         return 0
     finally:
-        loop.finish(t0, home, project, env, ferry, launched, remote)
+        error = sys.exc_info()[1]
+        H.write_json(args.json, "sync", args, rows, t0, error=repr(error) if error else None)
+        H.finish(t0, home, project, env, ferry, launched, remote)
 
 
 if __name__ == "__main__":
-    loop.run_main(main)
+    H.run_main(main)
