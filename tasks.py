@@ -30,11 +30,13 @@ def lint(c):
     c.run(f"{PYTHON} -m pytest -q tests/test_shape.py")
 
 
-@task(help={"which": "loop, sync or jobs (default: all three)", "repeat": "measured runs per row"})
-def bench(c, which=None, repeat=10):
-    """ferry's hot paths beside their floors, measured in the same run."""
-    for name in [which] if which else ["loop", "sync", "jobs"]:
-        c.run(f"{PYTHON} bench/bench_{name}.py --repeat {int(repeat)}", pty=sys.stdout.isatty())
+@task(help={"which": "loop, jobs, sync or map (default: all, with one table at the end)",
+            "repeat": "measured runs per row", "quick": "a quick look at every row (under a minute)"})
+def bench(c, which=None, repeat=None, quick=False):
+    """ferry's hot paths beside their floors, measured in the same run, each row with its goal."""
+    script = f"bench/bench_{which}.py" if which else "bench/all.py"
+    flags = (f" --repeat {int(repeat)}" if repeat else "") + (" --quick" if quick else "")
+    c.run(f"{PYTHON} {script}{flags}", pty=sys.stdout.isatty())
 
 
 for extra in (test, lint, bench):
