@@ -47,6 +47,18 @@ def agent_log(home: Path) -> str:
     return path.read_text() if path.exists() else ""
 
 
+def job_record(home: Path) -> dict:
+    """Every small file in the instance's job directories (what a failure needs to say where it stopped)."""
+    jobs = instance_dir(home) / "home" / ".ferry" / "jobs"
+    found = {}
+    for path in sorted(jobs.rglob("*")) if jobs.exists() else []:
+        if path.is_file() and path.stat().st_size < 2000:
+            found[str(path.relative_to(jobs))] = path.read_text(errors="replace")
+        else:
+            found[str(path.relative_to(jobs))] = "(dir or big)"
+    return found
+
+
 def holds(home: Path, seconds: float) -> bool:
     """Still running after ``seconds``: what "it holds the instance" means."""
     return not wait_until(lambda: not running(home), seconds)
@@ -130,7 +142,7 @@ def test_then_terminate_after_detach_is_carried_out_with_the_client_gone(ferry, 
     assert "proj terminates itself when job 1 succeeds" in proc.stderr
     (instance_dir(home) / "home" / "proj" / "release").write_text("go")  # ferry is long gone
     assert wait_until(lambda: not instance_dir(home).exists(), 20), \
-        f"the instance terminated itself: {agent_log(home)} {sorted(instance_dir(home).rglob('*'))[:20]}"
+        f"the instance terminated itself: agent log {agent_log(home)!r}; jobs: {job_record(home)}"
     assert "TERMINATED" in ferry.ok("ls").stdout or "no instances" in ferry.ok("ls").stderr
 
 
