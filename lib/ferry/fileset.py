@@ -30,9 +30,10 @@ import os
 import re
 import stat
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AbstractSet, Iterable, Mapping
+from typing import AbstractSet, Iterable, Iterator, Mapping
 
 from .errors import FerryError
 from .heldback import Matcher, groups, sniff
@@ -170,12 +171,36 @@ def _git(cwd: Path, *args: str) -> str:
     proc = subprocess.run([git, "-c", "core.quotePath=off", *args], cwd=cwd, capture_output=True,
                           stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
-        detail = proc.stderr.decode(errors="replace").strip().splitlines()
-        raise FerryError(
-            f"git could not list the files of {cwd}: {detail[-1] if detail else 'exit ' + str(proc.returncode)}",
-            hint="check the repository with: git status",
-        )
+        raise _git_failed(cwd, proc.returncode, proc.stderr)
     return proc.stdout.decode("utf-8", "surrogateescape")
+
+
+def _git_failed(cwd: Path, code: int, stderr: bytes) -> FerryError:
+    detail = stderr.decode(errors="replace").strip().splitlines()
+    return FerryError(f"git could not list the files of {cwd}: {detail[-1] if detail else 'exit ' + str(code)}",
+                      hint="check the repository with: git status")
+
+
+def _git_names(cwd: Path, *args: str) -> Iterator[str]:
+    """NUL-separated names from git as it prints them, so a caller's stat of each overlaps git's own walk of
+    the untracked tree (~100 ms at 100k files); a failing git raises once its output is read."""
+    git = require("git", "the project is a git repository")
+    with tempfile.TemporaryFile() as errors:  # not a pipe: git blocks on a full one while we read stdout
+        proc = subprocess.Popen([git, "-c", "core.quotePath=off", *args], cwd=cwd, stdout=subprocess.PIPE,
+                                stderr=errors, stdin=subprocess.DEVNULL)
+        rest = b""
+        try:
+            while chunk := proc.stdout.read1(1 << 17):  # type: ignore[union-attr]
+                names = (rest + chunk).split(b"\0")
+                rest = names.pop()
+                for name in names:
+                    yield name.decode("utf-8", "surrogateescape")
+        finally:
+            proc.stdout.close()  # type: ignore[union-attr]
+            proc.wait()
+        if proc.returncode != 0:
+            errors.seek(0)
+            raise _git_failed(cwd, proc.returncode, errors.read())
 
 
 def _ignore_lines(root: Path) -> list[str]:
@@ -240,15 +265,14 @@ def _scan_git(fs: FileSet, prefix: str, spec, trusted: AbstractSet[str], depth: 
     if depth > 16:
         return
     fs.repos.append(prefix)
-    listing = _git(fs.root / prefix if prefix else fs.root, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
+    listing = _git_names(fs.root / prefix if prefix else fs.root,
+                         "ls-files", "-z", "--cached", "--others", "--exclude-standard")
     base = os.fspath(fs.root) + "/"
     lstat = os.lstat
     nested = []
-    for name in listing.split("\0"):
-        if not name:
-            continue
-        path = prefix + name.rstrip("/")
-        if not prefix and (path == ".ferry" or path.startswith(".ferry/")):
+    for name in listing:
+        path = prefix + name.rstrip("/") if prefix or name[-1:] == "/" else name
+        if not prefix and path[:6] == ".ferry" and (path == ".ferry" or path.startswith(".ferry/")):
             continue
         try:
             st = lstat(base + path)
