@@ -85,20 +85,26 @@ def test_project_state_of_the_wrong_shape_is_one_clean_error(ferry, project, sta
         assert str(project / ".ferry" / "state.json") in err and "hint:" in err
 
 
-@pytest.mark.parametrize("record", ['{"token": "abc", "files": []}', '{"token": 7, "files": {}}',
-                                    '{"token": "abc", "files": {"a": [1, 2]}}', "{truncated"])
-def test_a_corrupt_sync_record_is_discarded_and_the_sync_goes_on(launched, project, home, record):
+def _flip_last_byte(data: bytes) -> bytes:
+    return data[:-1] + bytes([data[-1] ^ 0xFF])
+
+
+@pytest.mark.parametrize("damage", [lambda data: b'{"token": "abc", "files": []}', lambda data: data[:len(data) // 2],
+                                    _flip_last_byte, lambda data: b""], ids=["json", "truncated", "flipped", "empty"])
+def test_a_corrupt_sync_record_is_discarded_and_the_sync_goes_on(launched, project, home, damage):
+    from ferry.localrecord import LocalRecord
+
     launched.ok("sync")
-    records = list((project / ".ferry" / "sync").glob("*.json"))
+    records = list((project / ".ferry" / "sync").glob("*.rec"))
     assert len(records) == 1
-    records[0].write_text(record)
+    records[0].write_bytes(damage(records[0].read_bytes()))
     (project / "new.py").write_text("after the damage\n")
     proc = launched.ok("sync")
     assert "discards it and starts afresh" in proc.stderr, "one note says the record was bad"
     proc = launched.ok("sync", "--full")
     assert "Traceback" not in proc.stderr
     assert (workdir_of(home) / "new.py").read_text() == "after the damage\n"
-    json.loads(records[0].read_text())  # rewritten whole
+    assert LocalRecord.load(records[0]).valid  # rewritten whole
 
 
 # -- 11. output into a closed pipe ------------------------------------------------------------------------

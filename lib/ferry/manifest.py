@@ -9,7 +9,7 @@ file made by hand, a file a job rewrote) is never deleted. Each record
 carries a random token, so a writer can tell whether someone else synced
 since it last looked.
 
-The local cache (``.ferry/sync/<key>.json``, a store.JsonStore) holds the
+The local cache (``.ferry/sync/<key>.rec``, localrecord.py) holds the
 same list with full stats plus that token, and the *kept* list: files the
 instance had its own copy of at the last sync (never overwritten), with
 their local stat then, so a no-op stays free of network and each is
@@ -34,11 +34,11 @@ from pathlib import Path
 from .errors import RemoteCommandError, cmd
 from .fileset import Stat
 from .remote import Remote
-from .store import JsonStore
 
 HEADER = b"ferry-manifest 1 "
 STALE = 3  # exit status of the remote scripts when the record's token is not the one expected
 NO_PYTHON = 97
+GONE = -1  # the size of an appended record that takes its path out (an older ferry reads it as never matching)
 
 
 class NoPython(RemoteCommandError):
@@ -60,6 +60,12 @@ def encode(token: str, files: dict[str, Stat]) -> bytes:
     return b"".join(parts)
 
 
+def encode_delta(changed: dict[str, Stat], gone: list[str]) -> bytes:
+    """Records appended to a record: later entries win, and a path with size ``GONE`` leaves it."""
+    tombstones = {path: (GONE, 0, 0) for path in gone}
+    return encode_records({**tombstones, **changed})
+
+
 def encode_records(files: dict[str, Stat]) -> bytes:
     return encode("", files).split(b"\n", 1)[1]
 
@@ -73,60 +79,14 @@ def decode(data: bytes) -> tuple[str, dict[str, Stat]]:
     files: dict[str, Stat] = {}
     for i in range(0, len(fields) - 3, 4):
         try:
-            files[fields[i].decode("utf-8", "surrogateescape")] = (int(fields[i + 1]), int(fields[i + 2]), int(fields[i + 3]))
+            path, size = fields[i].decode("utf-8", "surrogateescape"), int(fields[i + 1])
+            if size == GONE:  # appended after the path was sent: it is no longer ferry's
+                files.pop(path, None)
+            else:
+                files[path] = (size, int(fields[i + 2]), int(fields[i + 3]))
         except ValueError:
             continue
     return token, files
-
-
-# -- the local cache ---------------------------------------------------------------
-def _record_shape(data) -> str | None:
-    if not isinstance(data, dict) or not isinstance(data.get("token"), str):
-        return "no token"
-    for field_name in ("files", "extra", "kept"):
-        table = data.get(field_name, {})
-        if not isinstance(table, dict):
-            return f"{field_name!r} is not an object"
-        for value in table.values():
-            if not (isinstance(value, list) and len(value) == 3 and all(type(v) is int for v in value)):
-                return f"a {field_name!r} entry is not [size, mtime_ns, mode]"
-    return None
-
-
-@dataclass
-class LocalRecord:
-    """The project's copy of what it last sent to one instance+workdir, with the token it wrote there."""
-
-    path: Path
-    token: str = ""
-    spec_hash: str = ""
-    files: dict[str, Stat] = field(default_factory=dict)
-    extra: dict[str, Stat] = field(default_factory=dict)  # sent, gone locally, kept remotely (--delete=never)
-    kept: dict[str, Stat] = field(default_factory=dict)  # never sent: the instance had its own copy (local stat then)
-
-    @classmethod
-    def load(cls, path: Path) -> "LocalRecord":
-        data = cls._store(path).read()  # missing or unreadable: empty, so the sync compares everything
-        if not data:
-            return cls(path)
-        table = lambda name: {k: tuple(v) for k, v in (data.get(name) or {}).items()}  # noqa: E731
-        return cls(path, data["token"], str(data.get("spec") or ""), table("files"), table("extra"),  # type: ignore[arg-type]
-                   table("kept"))  # type: ignore[arg-type]
-
-    @staticmethod
-    def _store(path: Path) -> JsonStore:
-        return JsonStore(path, default=dict, check=_record_shape, cache=True)
-
-    @property
-    def valid(self) -> bool:
-        return bool(self.token)
-
-    def save(self) -> None:
-        self._store(self.path).write({"token": self.token, "spec": self.spec_hash, "files": self.files,
-                                      "extra": self.extra, "kept": self.kept})
-
-    def forget(self) -> None:
-        self.path.unlink(missing_ok=True)
 
 
 def local_key(instance, workdir: str) -> str:
@@ -158,7 +118,7 @@ if cur != expect:
     sys.exit(3)
 data = sys.stdin.buffer.read()
 manifest = b""
-if write == "1":
+if write != "0":
     n, _, data = data.partition(b"\n")
     data, manifest = data[:int(n)], data[int(n):]
 fields = data.split(b"\0")
@@ -203,8 +163,35 @@ if write == "1" and dry != "1":
     with open(tmp, "wb") as f:
         f.write(manifest)
     os.replace(tmp, mpath)
+elif write == "2" and dry != "1":
+    token, _, delta = manifest.partition(b"\n")
+    with open(mpath, "r+b") as f:
+        f.seek(0, 2)
+        f.write(delta)
+        f.flush()
+        f.seek(0)
+        f.write(b"ferry-manifest 1 " + token + b"\n")
 sys.stdout.buffer.write(b"\0".join(out))
 '''
+
+
+@dataclass(frozen=True)
+class Update:
+    """A new record for the instance: ``whole`` (mode 1) or appended to the current one (mode 2)."""
+
+    mode: str
+    payload: bytes
+
+    @classmethod
+    def whole(cls, token: str, files: dict[str, Stat]) -> "Update":
+        return cls("1", encode(token, files))
+
+    @classmethod
+    def appended(cls, token: str, changed: dict[str, Stat], gone: list[str]) -> "Update":
+        """Later entries win and a path with size GONE leaves the record. The records go first and the
+        header's token after them, in place (tokens have one length): cut short in between, the record lists
+        a file ferry did send under the old token, and the next sync's token check compares everything."""
+        return cls("2", token.encode() + b"\n" + encode_delta(changed, gone))
 
 
 @dataclass
@@ -237,27 +224,33 @@ class RemoteManifest:
         token, files = decode(data)
         return status.strip() == b"occupied", token, files
 
-    def write(self, token: str, files: dict[str, Stat], expect: str) -> None:
-        """Replace the record, unless someone else replaced it since we read ``expect``."""
+    def write(self, update: Update, expect: str) -> None:
+        """Replace the record (or append to it), unless someone else replaced it since we read ``expect``."""
+        if update.mode == "1":
+            store = 'mkdir -p "$(dirname "$m")" && cat > "$m.tmp.$$" && mv -f "$m.tmp.$$" "$m"'
+            data = update.payload
+        else:
+            token, _, data = update.payload.partition(b"\n")
+            store = f'cat >> "$m" && printf "ferry-manifest 1 %s\\n" {shlex.quote(token.decode())} ' \
+                    f'| dd of="$m" conv=notrunc status=none'
         command = (
             f"m={self._path_sh}; cur=; "
             f'if [ -f "$m" ]; then IFS= read -r cur < "$m" || true; fi; '
             f'case "$cur" in "ferry-manifest 1 "*) cur=${{cur#ferry-manifest 1 }};; *) cur=;; esac; '
-            f'[ "$cur" = {shlex.quote(expect)} ] || {{ printf "stale %s" "$cur"; exit {STALE}; }}; '
-            f'mkdir -p "$(dirname "$m")" && cat > "$m.tmp.$$" && mv -f "$m.tmp.$$" "$m"'
+            f'[ "$cur" = {shlex.quote(expect)} ] || {{ printf "stale %s" "$cur"; exit {STALE}; }}; ' + store
         )
-        proc = self.remote.run(command, input=encode(token, files), check=False)
+        proc = self.remote.run(command, input=data, check=False)
         self._check(proc, "record what was sent")
 
     def delete(self, candidates: dict[str, Stat], expect: str, dry_run: bool = False,
-               then_write: tuple[str, dict[str, Stat]] | None = None) -> Deletion:
+               then_write: Update | None = None) -> Deletion:
         """Delete ``candidates`` that are still exactly what ferry sent; optionally replace the record after."""
         records = encode_records(candidates)
         payload = records
         if then_write is not None:
-            payload = b"%d\n" % len(records) + records + encode(*then_write)
+            payload = b"%d\n" % len(records) + records + then_write.payload
         args = " ".join(shlex.quote(a) for a in (
-            self.workdir, self.rel, expect, "1" if dry_run else "0", "1" if then_write is not None else "0"))
+            self.workdir, self.rel, expect, "1" if dry_run else "0", then_write.mode if then_write is not None else "0"))
         command = (
             f"command -v python3 >/dev/null 2>&1 || exit {NO_PYTHON}; "
             f"exec python3 -c {shlex.quote(_DELETE_PY)} {args}"
@@ -290,5 +283,5 @@ class RemoteManifest:
 
 
 def cache_path(project: Path, key: str) -> Path:
-    return project / ".ferry" / "sync" / f"{key}.json"
+    return project / ".ferry" / "sync" / f"{key}.rec"
 

@@ -48,7 +48,8 @@ from typing import TYPE_CHECKING, AbstractSet, Iterable, Sequence
 from . import fileset, rsync
 from .errors import FerryError, UsageError, cmd
 from .fileset import DEFAULT_EXCLUDES, FileSet, Stat
-from .manifest import LocalRecord, ManifestChanged, NoPython, RemoteManifest, cache_path, local_key, new_token, remote_key
+from .localrecord import COMPACT_AFTER, LocalRecord
+from .manifest import ManifestChanged, NoPython, RemoteManifest, Update, cache_path, local_key, new_token, remote_key
 from .report import SyncResult, _s, report
 from .rsync import ITEM_FORMAT, RSYNC_FLAGS, Sent
 if TYPE_CHECKING:
@@ -186,8 +187,8 @@ class _Up:
         written = False
         if to_delete:  # before sending: a file that became a directory (or back) must make way first
             written = not changed
-            if not self._delete(to_delete, rec.token, result, extra, then_write=(token, self._sent(kept.keys(), extra))
-                                if written else None):
+            update = self._update(token, self._sent(kept.keys(), extra), sent_before) if written else None
+            if not self._delete(to_delete, rec.token, result, extra, then_write=update):
                 written = False
         if len(changed) > LIST_LIMIT:  # a branch switch: past this, walking the tree beats a long list
             done = self._send(None, sent_before)
@@ -199,8 +200,19 @@ class _Up:
         kept.update((p, self.fs.files[p]) for p in done.kept)
         self._finish(result, done)
         if not written:
-            self.manifest.write(token, self._sent(kept.keys(), extra), expect=rec.token)
+            self.manifest.write(self._update(token, self._sent(kept.keys(), extra), sent_before), expect=rec.token)
         self._commit(token, extra, kept)
+
+    def _update(self, token: str, now: dict[str, Stat], before: dict[str, Stat]) -> Update:
+        """The instance's record becomes ``now``: appended to by the difference while that is small and the
+        local record is appended to as well (both are rewritten whole together, every COMPACT_AFTER syncs)."""
+        rec = self.record
+        if rec.token and len(rec.token) == len(token) and rec.deltas < COMPACT_AFTER - 1:
+            changed = {p: s for p, s in now.items() if before.get(p) != s}
+            gone = [p for p in before if p not in now]
+            if len(changed) + len(gone) <= len(now) // 4 + 16:
+                return Update.appended(token, changed, gone)
+        return Update.whole(token, now)
 
     def full(self, result: SyncResult) -> None:
         """Compare everything: read the instance's record, delete, send (tar or rsync), write the record."""
@@ -215,7 +227,7 @@ class _Up:
             # instance's record lists every file first, so the next sync treats them all as ferry's
             # and compares them, rather than keeping a half-written one as the instance's own copy.
             intent = new_token()
-            self.manifest.write(intent, self._sent(frozenset(), extra), expect=current)
+            self.manifest.write(Update.whole(intent, self._sent(frozenset(), extra)), expect=current)
             current = intent
             self._tar(result)
         else:
@@ -223,11 +235,11 @@ class _Up:
             kept = {p: self.fs.files[p] for p in done.kept}
             self._finish(result, done)
         token = new_token()
-        self.manifest.write(token, self._sent(kept.keys(), extra), expect=current)
+        self.manifest.write(Update.whole(token, self._sent(kept.keys(), extra)), expect=current)
         self._commit(token, extra, kept)
 
     def _delete(self, to_delete: dict[str, Stat], expect: str, result: SyncResult, extra: dict[str, Stat],
-                then_write: tuple[str, dict[str, Stat]] | None = None, dry_run: bool = False) -> bool:
+                then_write: Update | None = None, dry_run: bool = False) -> bool:
         """Delete remotely; without python3 there, keep them listed as sent (``extra``) and say so."""
         try:
             done = self.manifest.delete(to_delete, expect, dry_run=dry_run, then_write=then_write)
