@@ -110,3 +110,14 @@ def test_a_damaged_first_frame_discards_the_record(tmp_path, caplog):
     assert "discards it and starts afresh" in caplog.text
     os.truncate(path, len(localrecord.MAGIC) + 5)
     assert not LocalRecord.load(path).valid
+
+
+def test_a_json_record_left_by_an_older_ferry_is_read_once_and_replaced(tmp_path):
+    path = tmp_path / "r.rec"
+    path.with_suffix(".json").write_text('{"token": "old", "spec": "s", "files": {"a.py": [1, 2, 33188]}, '
+                                         '"extra": {}, "kept": {}}')
+    rec = LocalRecord.load(path)
+    assert (rec.token, rec.files) == ("old", {"a.py": (1, 2, 33188)})
+    rec.token = "new"
+    rec.save()
+    assert not path.with_suffix(".json").exists() and LocalRecord.load(path).token == "new"
