@@ -351,13 +351,18 @@ def test_then_terminate_only_after_success_unless_then_always(launched, home, pr
     assert not instance_dir(home).exists()
 
 
-def test_a_follower_is_registered_before_its_job_can_end(launched):
+def test_a_follower_is_registered_before_its_job_can_end(launched, home):
     """`--then` waits for followers before acting: one that registered only after an instant job ended was
-    cut off by its own instance's terminate, and `run` hung reconnecting to an instance that was gone."""
-    proc = launched.ok("run", 'ls -a "$HOME/.ferry/jobs/$(ls "$HOME/.ferry/jobs" | grep -v "^\\." | tail -1)"')
+    cut off by its own instance's terminate, and `run` hung reconnecting to an instance that was gone.
+    A job without a --then has nobody waiting, so its followers register nowhere (a file less per run)."""
+    newest_job = 'ls -a "$HOME/.ferry/jobs/$(ls "$HOME/.ferry/jobs" | grep -v "^\\." | tail -1)"'
+    plain = launched.ok("run", newest_job).stdout
+    assert "log" in plain.split() and not re.search(r"^follower\.", plain, re.M), plain
+    proc = launched.ok("run", "--then", "stop", newest_job)
     assert re.search(r"^follower\.\d+$", proc.stdout, re.M), proc.stdout
-    left = launched.ok("run", 'ls "$HOME"/.ferry/jobs/*/ | grep -c "^follower" || true').stdout.split()
-    assert left == ["1"], "only the follower of the job asking: every earlier one removed itself"
+    assert json.loads(launched.ok("status", "--json").stdout)["status"] == "STOPPED"
+    left = list((instance_dir(home) / "home" / ".ferry" / "jobs").glob("*/follower.*"))
+    assert left == [], "every follower removed itself"
 
 
 def test_then_stop_stops_after_success(launched):
@@ -440,6 +445,36 @@ def test_attach_gives_a_real_terminal(launched, home, project):
         assert probe[0].startswith("/dev/pts/") and probe[1] == "typed-42"
     finally:
         term.stop()
+
+
+def test_a_pane_draws_the_log_only_once_someone_attaches(launched, home, project):
+    """Drawing output no one watches cost tmux as much CPU as the job; the pane now starts showing the log when
+    a client attaches: its last 2000 lines (tmux's scrollback), then live."""
+    number = launched.ok("run", "--detach", "seq 1 5000; for i in $(seq 1 600); do echo tick-$i; sleep 0.1; done"
+                         ).stdout.strip()
+    job_id = jobs_json(launched)[number]["id"]
+    until(lambda: "tick-2\n" in (job_dir(home, job_id) / "log").read_text(), what="the job's first ticks")
+    sock = str(instance_dir(home) / "home" / ".ferry" / "tmux.sock")
+
+    def pane(*extra: str) -> list[str]:
+        return subprocess.run(["tmux", "-S", sock, "capture-pane", "-p", *extra, "-t", f"=ferry-{job_id}:"],
+                              capture_output=True, text=True, timeout=10, check=True).stdout.split()
+
+    assert pane("-S", "-") == [], "nothing drawn while no one is attached"
+    term = LocalTmux(home)
+    try:
+        term.start(f"cd {project} && {sys.executable} -m ferry attach -j {job_id}; sleep 60")
+        until(lambda: re.search(r"tick-\d+", term.screen()), what="the job's output in the attached pane")
+        drawn = pane("-S", "-")
+        first_tick = drawn.index("tick-1")
+        assert drawn[:first_tick] == [str(n) for n in range(5000 - first_tick + 1, 5001)], "the log's last lines"
+        assert 1000 < first_tick < 2000
+        ticks = drawn[first_tick:]
+        assert ticks == [f"tick-{i}" for i in range(1, len(ticks) + 1)], "then every line, in order"
+        until(lambda: len(pane("-S", "-")) > len(drawn) + 3, what="live lines after the attach")
+    finally:
+        term.stop()
+        launched.ok("kill", "-j", job_id)
 
 
 def test_jobs_left_by_an_older_wrapper_are_still_listed_and_found(launched, home):
