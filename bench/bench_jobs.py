@@ -289,7 +289,7 @@ def main() -> int:
         rows.append(Row(f"{args.output_mb} MB of output in the job wrapper: ssh start + ssh wait",
                         f"ssh <instance> 'CMD > file' (CMD: yes | head -c {size})", a, b, failures=fails,
                         goal=1.3, note="two execs (start, wait) against one; the log is a file in the job's dir, "
-                                       "the pane's tail renders it in tmux meanwhile"))
+                                       "drawn in the tmux pane only once someone attaches"))
 
         def devnull(argv, check: bool) -> float:
             start = time.perf_counter()

@@ -193,6 +193,29 @@ def main() -> int:
                             floor_true, fails)
         rows.append(Row("ferry run --detach true", "ssh <instance> true (ControlMaster)", a, b, failures=fails))
 
+        # the design the issue asks about: a chg-style command server (a probe, not shipped) ----------------
+        probe = str(Path(__file__).resolve().parent / "command_server_probe.py")
+        sock = str(home / "cs.sock")
+        server = subprocess.Popen([python, probe, "serve", sock], cwd=project, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        try:
+            if server.stdout.readline().strip() != b"ready":  # type: ignore[union-attr]
+                raise BenchError(f"the command server probe did not start: {server.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+            client = [python, "-S", probe, "client", sock]
+            fails = []
+            a, b = side_by_side(args.repeat, lambda: ferry_cmd([*client, "run", "true"], cwd=project, env=env),
+                                floor_true, fails)
+            rows.append(Row("ferry run true via a command server (probe)", "ssh <instance> true (ControlMaster)", a, b,
+                            failures=fails, note="bench/command_server_probe.py: one loaded ferry forks a child per "
+                                                 "command, as chg does for hg (not shipped)"))
+            a, b = side_by_side(args.repeat, lambda: ferry_cmd([*client, "--version"], cwd=project, env=env),
+                                lambda: timed([python, "-S", "-c", "pass"], cwd=project, env=env)[0])
+            rows.append(Row("  ferry --version via the same server", "python -S -c pass", a, b,
+                            note="the server's own cost per command: client start, hand-over, fork, Invoke's parse"))
+        finally:
+            server.kill()
+            server.wait()
+
         # 3. no-op sync ---------------------------------------------------------------------------
         raw_rsync = [rsync, "-rlpt", "--exclude=.git/", "--exclude=.ferry/", "--exclude=/.venv/",
                      "-e", shlex.join(ssh_base[:-1]), f"{project}/", f"{host}{workdir}/"]
