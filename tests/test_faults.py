@@ -283,19 +283,17 @@ def load():
 
 def test_ctrl_c_during_run_always_exits_130_and_leaves_the_job_running(launched, project, load):
     release = project / "release"
-    # Python's own start-up, measured now and under this load (side-by-side tests make it swing): a SIGINT
-    # before it is the interpreter's, not ferry's. The slowest of three, doubled: one loaded -n 3 run still
-    # landed a signal in the interpreter's start-up with 1.5 times a single measure.
-    spans = []
-    for _ in range(3):
-        started = time.monotonic()
-        subprocess.run([sys.executable, "-c", "import ferry.console"], check=True, timeout=60)
-        spans.append(time.monotonic() - started)
-    startup = max(0.3, 2 * max(spans))
     for delay in (0.05, 0.15, 0.25, 0.35, 0.5, 0.8):
-        proc = subprocess.Popen([sys.executable, "-m", "ferry", "run", f"while [ ! -e {release} ]; do sleep 0.05; done"],
+        # A SIGINT before ferry's code runs is the interpreter's own (it dies of it, -2): wait for the import
+        # of ferry.console, the last thing Python reports before main() (-X importtime), however loaded the
+        # machine is (a fixed wait, even measured, still landed in the start-up on a loaded -n 3 run).
+        proc = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "ferry", "run",
+                                 f"while [ ! -e {release} ]; do sleep 0.05; done"],
                                 cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(startup + delay)  # past Python's own start-up: from then on it is ferry's to handle
+        for line in proc.stderr:  # type: ignore[union-attr]
+            if line.rstrip().endswith("| ferry.console"):
+                break
+        time.sleep(delay)  # into Invoke's import, the parse, the sync, the job's start and its streaming
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 130, (delay, proc.returncode, err)

@@ -15,12 +15,15 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+import ferry
+from ferry.errors import JobError
 from ferry.providers.local import LocalProvider
 from ferry.sshd import LoopbackSshd, free_port, pid_alive
 
@@ -271,6 +274,60 @@ def _follower_running(home: Path, job_id: str) -> bool:
             if entry.name.isdigit() and needle in (entry / "cmdline").read_bytes():
                 return True
     return False
+
+
+# -- many jobs from Python: one ssh session for the batch -------------------------------------------------------
+def ssh_sessions(home: Path) -> int:
+    """Sessions the instance's sshd has opened so far (it logs each at LogLevel VERBOSE)."""
+    return (instance_dir(home) / "sshd" / "sshd.log").read_text().count("Starting session:")
+
+
+def test_detached_jobs_and_their_waits_from_python_share_one_ssh_session(launched, home):
+    box = ferry.box()
+    before = ssh_sessions(home)
+    jobs = [box.run(f"echo job-{i}; exit {i % 3}", detach=True) for i in range(8)]
+    ends = [job.wait() for job in jobs]
+    assert [end.exit_code for end in ends] == [i % 3 for i in range(8)]
+    assert [end.state for end in ends] == ["succeeded", "failed", "failed"] * 2 + ["succeeded", "failed"]
+    assert len({job.number for job in jobs}) == 8 and all(job.number for job in jobs)
+    assert ssh_sessions(home) - before == 2, "the first start's exec, then one session for the other 15 requests"
+    with pytest.raises(JobError, match="no job nosuch"):  # a refusal through it reads as through an exec
+        box.job("nosuch").wait()
+    assert box.job(jobs[4].id).wait().exit_code == 1, "and the session still serves the next request"
+
+
+def test_an_older_wrapper_without_the_channel_still_runs_a_batch(launched, home):
+    tool = instance_dir(home) / "home" / ".ferry" / "bin" / "ferry-job"
+    older = tool.read_text().replace("    channel) cmd_channel ;;\n", "")
+    assert older != tool.read_text()
+    tool.write_text(older)
+    box = ferry.box()
+    before = ssh_sessions(home)
+    jobs = [box.run(f"exit {code}", detach=True) for code in range(4)]
+    assert [job.wait().exit_code for job in jobs] == [0, 1, 2, 3]
+    assert ssh_sessions(home) - before == 9, "an exec each, and the one channel that said no"
+
+
+def test_a_batch_survives_its_session_dropping_mid_wait(launched, home, project):
+    box = ferry.box()
+    release = workdir(home) / "release"
+    jobs = [box.run(f"until [ -e release ]; do sleep 0.05; done; exit {code}", detach=True) for code in (0, 3, 4)]
+
+    def drop_then_release() -> None:
+        time.sleep(0.5)  # the first wait is under way in the batch's session (open since the second start)
+        kill_connections(home)
+        release.touch()
+
+    dropper = threading.Thread(target=drop_then_release, daemon=True)
+    dropper.start()
+    try:
+        ends = [job.wait() for job in jobs]
+    finally:
+        dropper.join(timeout=30)
+        release.touch()
+    assert [end.exit_code for end in ends] == [0, 3, 4]
+    more = box.run("exit 5", detach=True)
+    assert more.wait().exit_code == 5, "after the drop, jobs still start and end (by exec)"
 
 
 def test_a_silent_follow_survives_a_drop(launched, home, project):

@@ -6,6 +6,8 @@ Invoke's ``run`` does. ``detach=True`` returns a :class:`Job` at once; so
 does ``wait_for`` once a log line matches. A Job is a handle on one job:
 ``wait``, ``logs``, ``kill``, ``attach``. The job's spec (command, cwd, env,
 timeout) travels on stdin, every value shell-quoted, never on a command line.
+A Box's detached starts and waits after the first go through one ssh session
+(jobchannel.py), not an exec each.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, BinaryIO, Mapping
 
+from . import jobchannel
 from .backoff import Backoff
 from .errors import JobError, JobFailed, UsageError, cmd
 from .flags import env_name, human, shell_seconds, signal_name
@@ -129,12 +132,15 @@ def run(box: "Box", command: str, *, warn: bool = False, detach: bool = False, e
 
 
 def _start(box: "Box", job_id: str, spec: bytes) -> int | None:
-    """Start the job detached; its number."""
-    proc = box.remote.run(f"{job_tool(box)} start {shlex.quote(job_id)}", input=spec, check=False)
-    stderr_text = proc.stderr.decode(errors="replace")
-    if proc.returncode:
-        raise wrapper_error(proc.returncode, stderr_text, box, job_id) or JobError(
-            f"could not start the job on {box.name} (exit status {proc.returncode})")
+    """Start the job detached; its number. Through the Box's job channel when it has one (jobchannel.py)."""
+    answer = jobchannel.ask(box, jobchannel.start_request(job_id, spec))
+    if answer is None:
+        proc = box.remote.run(f"{job_tool(box)} start {shlex.quote(job_id)}", input=spec, check=False)
+        answer = proc.returncode, proc.stderr.decode(errors="replace")
+    code, stderr_text = answer
+    if code:
+        raise wrapper_error(code, stderr_text, box, job_id) or JobError(
+            f"could not start the job on {box.name} (exit status {code})")
     return started_number(stderr_text)
 
 
@@ -182,12 +188,17 @@ class Job:
         retry = Backoff(first=FIRST_DELAY, cap=MAX_DELAY, window=RECONNECT_WINDOW)
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            arg = "" if left is None else f" {shell_seconds(max(left, 0.001))}"
-            proc = subprocess.run(remote.ssh_argv() + [f"{tool} wait {shlex.quote(self.id)}{arg}"],
-                                  stdin=subprocess.DEVNULL, capture_output=True)
-            stderr_text = proc.stderr.decode(errors="replace")
+            seconds = "" if left is None else shell_seconds(max(left, 0.001))
+            request = jobchannel.wait_request(self.id, seconds)
+            answer = jobchannel.ask(self.box, request) if request else None
+            if answer is None:
+                proc = subprocess.run(remote.ssh_argv() + [f"{tool} wait {shlex.quote(self.id)}"
+                                                           + (f" {seconds}" if seconds else "")],
+                                      stdin=subprocess.DEVNULL, capture_output=True)
+                answer = proc.returncode, proc.stderr.decode(errors="replace")
+            returncode, stderr_text = answer
             end, other = parse_end(stderr_text)
-            if end is None and proc.returncode == 255:
+            if end is None and returncode == 255:
                 # Unreachable from the start: say so. Dropped while waiting ("ferry-waiting" came
                 # through first): wait again, with backoff, unless it never comes back.
                 first = retry.failing_since is None
@@ -197,12 +208,12 @@ class Job:
                     raise remote.classify_failure(other)
                 time.sleep(delay)
                 continue
-            refused = wrapper_error(proc.returncode, other, self.box, self.id)
+            refused = wrapper_error(returncode, other, self.box, self.id)
             if refused is not None:
                 raise refused
             if end is None:
                 raise JobError(f"ferry-job on {self.box.name} gave no answer about job {self.id} "
-                               f"(exit status {proc.returncode})")
+                               f"(exit status {returncode})")
             retry.succeeded()
             self.id, self.number = end.job_id, end.number or self.number  # pinned: a retry waits for the same job
             if end.state != "running" or (deadline is not None and time.monotonic() >= deadline):
