@@ -32,3 +32,13 @@ def test_the_task_list_and_help_import_no_hub_sdk(project, argv):
     assert "ferry.tasks" in modules  # it did load the tasks
     sdks = sorted(m for m in modules if m.split(".")[0] in ("huggingface_hub", "replicate", "httpx", "boto3"))
     assert sdks == [], sdks
+
+
+def test_yaml_is_parsed_only_for_a_yaml_config_file(project):
+    """Invoke imports its vendored PyYAML for every command (~14 ms); ferry runs it only when a file needs it."""
+    assert [m for m in imported_modules(project, "--list") if "yaml" in m] == []
+    (project / "invoke.yaml").write_text("ferry:\n  env: {FOO: from-yaml}\n")
+    assert [m for m in imported_modules(project, "--list") if m.startswith("invoke.vendor.yaml.")]
+    shown = subprocess.run([sys.executable, "-m", "ferry", "config"], cwd=project, capture_output=True, text=True,
+                           timeout=60)
+    assert '"FOO": "from-yaml"' in shown.stdout, shown.stdout + shown.stderr
