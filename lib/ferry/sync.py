@@ -97,10 +97,33 @@ def _skip_rules(skip: Iterable[str], files: AbstractSet[str]) -> list[str]:
     return list(rules)
 
 
+class _Prefetch:
+    """``fn()`` in a thread from now on; ``result()`` waits for it and returns it, or raises what it raised."""
+
+    def __init__(self, fn):
+        import threading
+
+        self._value = self._error = None
+        self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn) -> None:
+        try:
+            self._value = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever asks for the result
+            self._error = exc
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 class _Up:
     """One upload: the scan, the local record, the instance's record, and the transfers between them."""
 
-    def __init__(self, box: "Box", delete: str, progress: bool):
+    def __init__(self, box: "Box", delete: str, progress: bool, compare: bool = False):
         instance = box.instance
         self.instance = instance
         self.project = box.project_dir
@@ -111,6 +134,9 @@ class _Up:
         self.record = LocalRecord.load(cache_path(self.project, local_key(instance, self.target)))
         self.kept = self.record.kept if self.record.valid else {}
         self.manifest = RemoteManifest(self.remote, self.target, remote_key(box.settings.project, self.target))
+        # A sync that will compare with the instance (the first, --full, a dry run) reads its record meanwhile:
+        # that exec waits on the network while the scan below keeps the CPU busy.
+        self._prefetched = _Prefetch(self.manifest.fetch) if compare or not self.record.valid else None
         known: AbstractSet[str] = frozenset()
         if self.record.valid:
             known = self.record.files.keys() | self.kept.keys() if self.kept else self.record.files.keys()
@@ -214,9 +240,14 @@ class _Up:
                 return Update.appended(token, changed, gone)
         return Update.whole(token, now)
 
+    def _fetch(self) -> tuple[bool, str, dict[str, Stat]]:
+        """The instance's record: the one read during the scan the first time, a fresh read after that."""
+        prefetched, self._prefetched = self._prefetched, None
+        return prefetched.result() if prefetched is not None else self.manifest.fetch()
+
     def full(self, result: SyncResult) -> None:
         """Compare everything: read the instance's record, delete, send (tar or rsync), write the record."""
-        occupied, current, sent_before = self.manifest.fetch()
+        occupied, current, sent_before = self._fetch()
         to_delete, extra = self._split(sent_before)
         if to_delete:
             self._delete(to_delete, current, result, extra)
@@ -252,7 +283,7 @@ class _Up:
         return True
 
     def dry_run(self, result: SyncResult) -> None:
-        occupied, current, sent_before = self.manifest.fetch()
+        occupied, current, sent_before = self._fetch()
         if occupied:
             done = self._send(None, sent_before, dry_run=True)
             result.would_send, result.kept_unsent = done.sent, sorted(done.kept)
@@ -351,7 +382,7 @@ def upload(box: "Box", dry_run: bool = False, delete: str = "sent", full: bool =
     if delete not in DELETE_MODES:
         raise UsageError(f"bad --delete value {delete!r}", hint=f"use one of: {', '.join(DELETE_MODES)}")
     started = time.monotonic()
-    up = _Up(box, delete, progress_wanted(progress))
+    up = _Up(box, delete, progress_wanted(progress), compare=dry_run or full)
     result = SyncResult(dry_run=dry_run)
     if dry_run:
         result.how = "dry-run"
