@@ -42,3 +42,15 @@ def test_yaml_is_parsed_only_for_a_yaml_config_file(project):
     shown = subprocess.run([sys.executable, "-m", "ferry", "config"], cwd=project, capture_output=True, text=True,
                            timeout=60)
     assert '"FOO": "from-yaml"' in shown.stdout, shown.stdout + shown.stderr
+
+
+def test_pathspec_is_imported_only_for_a_path_a_rule_may_hold_back(launched, project):
+    """Matching rules are pathspec's (~10 ms to import and parse); a sync none of whose paths could match a
+    held-back pattern answers from the cached translation of the rules and never imports it."""
+    (project / "train.py").write_text("print('hi')\n")
+    launched.ok("sync")  # the first scan translates the rules (and caches them)
+    (project / "more.py").write_text("x = 1\n")
+    assert [m for m in imported_modules(project, "sync") if m.startswith("pathspec")] == []
+    (project / "server.pem").write_text("-----BEGIN PRIVATE KEY-----\nMII\n-----END PRIVATE KEY-----\n")
+    assert "pathspec" in imported_modules(project, "sync")
+    assert "server.pem" in launched.ok("sync", "--dry-run").stderr, "a secret is still held back"

@@ -37,18 +37,28 @@ SILENT = {".git/", ".ferry/", ".venv/", "venv/", "__pycache__/", "*.pyc", "*.pyo
 
 
 class Matcher:
-    """gitignore ``lines`` with a combined-regex prefilter; ``user_from`` is where the user's own lines start."""
+    """gitignore ``lines`` with a combined-regex prefilter; ``user_from`` is where the user's own lines start.
+
+    The prefilter is built from the regexes pathspec makes of the lines, kept on disk (``translations``) so
+    that a scan whose paths match none of them never imports pathspec (~10 ms) nor parses the rules: the
+    full rule list (``spec``), where order and ``!negation`` decide, is built on the first path the
+    prefilter lets through, and for the questions only it can answer (which rule, sent on purpose).
+    """
 
     def __init__(self, lines: list[str], user_from: int):
-        import pathspec  # ~10 ms; only when there is something to match
-
         self.lines = lines
         self.user_from = user_from
-        self.spec = pathspec.GitIgnoreSpec.from_lines(lines)
-        # pathspec names a group in every pattern; in one alternation those names would clash
-        positives = [re.sub(r"\(\?P<[^>]+>", "(?:", p.regex.pattern)
-                     for p in self.spec.patterns if p.include and p.regex is not None]
+        positives = [source for source, include in translations(lines) if include and source is not None]
         self.any = re.compile("|".join(f"(?:{p})" for p in positives)) if positives else None
+        self._spec = None
+
+    @property
+    def spec(self):
+        if self._spec is None:
+            import pathspec
+
+            self._spec = pathspec.GitIgnoreSpec.from_lines(self.lines)
+        return self._spec
 
     def excluded(self, path: str) -> bool:
         if self.any is None or self.any.search(path) is None:
@@ -64,6 +74,47 @@ class Matcher:
         """A ``!pattern`` line of the user's own ``.ferryignore`` is what decides this path."""
         result = self.spec.check_file(path)
         return result.index is not None and result.index >= self.user_from and not result.include
+
+
+def translations(lines: list[str]) -> list[tuple[str | None, bool]]:
+    """(regex source or None, include) per pattern pathspec makes of ``lines``, group names made anonymous.
+
+    Cached in ~/.ferry/cache/ignore under a hash of the lines and of the installed pathspec (its path and
+    mtime: an upgrade translates again). A cache that cannot be read or written only costs the import.
+    """
+    import hashlib
+    import importlib.util
+    import marshal
+
+    located = importlib.util.find_spec("pathspec")
+    origin = (located.origin or "") if located else ""
+    try:
+        stamp = f"{origin}:{os.stat(origin).st_mtime_ns}" if origin else ""
+    except OSError:
+        stamp = origin
+    key = hashlib.sha1("\0".join([stamp, *lines]).encode("utf-8", "surrogateescape")).hexdigest()
+    cache = os.path.join(os.path.expanduser("~"), ".ferry", "cache", "ignore", key)
+    try:
+        with open(cache, "rb") as fh:
+            cached = marshal.load(fh)
+        if isinstance(cached, list):
+            return [tuple(item) for item in cached]
+    except (OSError, EOFError, ValueError, TypeError):
+        pass
+    import pathspec
+
+    # pathspec names a group in every pattern; in one alternation those names would clash
+    made = [(re.sub(r"\(\?P<[^>]+>", "(?:", p.regex.pattern) if p.regex is not None else None, bool(p.include))
+            for p in pathspec.GitIgnoreSpec.from_lines(lines).patterns]
+    try:
+        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        partial = f"{cache}.{os.getpid()}.tmp"
+        with open(partial, "wb") as fh:
+            marshal.dump(made, fh)
+        os.replace(partial, cache)
+    except OSError:
+        pass
+    return made
 
 
 def worth_sniffing(path: str, size: int) -> bool:
