@@ -67,9 +67,9 @@ class FerryProgram(Program):
         by_group: dict[str, list] = {}
         for name, task in sorted(_every_task(self.scoped_collection)):
             module = getattr(task.body, "__module__", "").rsplit(".", 1)[-1]
+            doc = (inspect.getdoc(task.body) or "").strip()  # (task.help is Invoke's per-flag help, not a summary)
             by_group.setdefault(module if module in dict(GROUPS) else "", []).append(
-                (name, (task.help or inspect.getdoc(task.body) or "").strip().splitlines()[0]
-                 if (task.help or task.body.__doc__) else ""))
+                (name, doc.splitlines()[0] if doc else ""))
         print("Tasks:\n")
         for key, title in (*GROUPS, ("", "Yours")):
             if by_group.get(key):
@@ -109,6 +109,22 @@ class FerryProgram(Program):
             super().parse_core(argv)
         except ParseError as exc:
             self._usage_error(exc)
+
+    def _make_parser(self):
+        """A parser of the tasks the command line names, not of all ~100: Invoke deep-copies every context it
+        is handed (~8 ms a command), and a task no word names can never be chosen. Help and completion look
+        tasks up by what they were told elsewhere, so they get them all."""
+        if self.args.help.value or self.args.complete.value:
+            return super()._make_parser()
+        from invoke.parser import Parser, ParserContext
+
+        words = set(self.core.unparsed)
+        ignore = self.config.tasks.ignore_unknown_help
+        contexts = [ParserContext(name=primary, aliases=aliases,
+                                  args=self.collection[primary].get_arguments(ignore_unknown_help=ignore))
+                    for primary, aliases in self.collection.task_names.items()
+                    if primary in words or not words.isdisjoint(aliases)]
+        return Parser(initial=self.initial_context, contexts=contexts)
 
     def parse_tasks(self):
         try:
