@@ -121,3 +121,30 @@ def test_a_json_record_left_by_an_older_ferry_is_read_once_and_replaced(tmp_path
     rec.token = "new"
     rec.save()
     assert not path.with_suffix(".json").exists() and LocalRecord.load(path).token == "new"
+
+
+def sessions(home: Path) -> int:
+    """Sessions the instance's sshd has opened so far (it logs each at LogLevel VERBOSE)."""
+    return (home / ".ferry" / "local" / "proj" / "sshd" / "sshd.log").read_text().count("Starting session:")
+
+
+def test_the_first_copy_writes_the_instance_record_once_and_seals_it_in_the_tar_exec(launched, project, home):
+    """The record (every file, under an intent token) goes before the tar; once tar succeeded, the same exec
+    gives it its final token in place instead of a third exec sending it all again. Someone else's token
+    there by then is never overwritten."""
+    before = sessions(home)
+    launched.ok("sync")
+    assert sessions(home) - before == 3, "read the record, write it with the intent token, the tar"
+    token, files = decode(remote_record(home).read_bytes())
+    assert LocalRecord.load(local_record(project)).token == token and "train.py" in files
+
+    import ferry
+    from ferry.manifest import STALE, RemoteManifest
+
+    box = ferry.box()
+    manifest = RemoteManifest(box.remote, box.workdir, remote_record(home).name)
+    written = remote_record(home).read_bytes()
+    guarded = box.remote.run(manifest.retoken("0" * len(token), "1" * len(token)), check=False)
+    assert guarded.returncode == STALE and remote_record(home).read_bytes() == written, "not its token: untouched"
+    box.remote.run(manifest.retoken(token, "2" * len(token)))
+    assert remote_record(home).read_bytes() == written.replace(token.encode(), b"2" * len(token), 1)

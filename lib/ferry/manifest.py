@@ -242,6 +242,18 @@ class RemoteManifest:
         proc = self.remote.run(command, input=data, check=False)
         self._check(proc, "record what was sent")
 
+    def retoken(self, expect: str, token: str) -> str:
+        """Shell that gives the record ``token`` in place of ``expect`` (one length: only its header line is
+        rewritten), or exits STALE if the record's token is no longer ``expect``. Run in the exec of a transfer,
+        after it: rewriting a record that is already right costs neither an exec nor sending it again."""
+        assert len(expect) == len(token)
+        return (
+            f"m={self._path_sh}; cur=; "
+            f'if [ -f "$m" ]; then IFS= read -r cur < "$m" || true; fi; '
+            f'[ "$cur" = {shlex.quote(HEADER.decode() + expect)} ] || {{ printf "stale %s" "$cur"; exit {STALE}; }}; '
+            f'printf "ferry-manifest 1 %s\\n" {shlex.quote(token)} | dd of="$m" conv=notrunc status=none'
+        )
+
     def delete(self, candidates: dict[str, Stat], expect: str, dry_run: bool = False,
                then_write: Update | None = None) -> Deletion:
         """Delete ``candidates`` that are still exactly what ferry sent; optionally replace the record after."""

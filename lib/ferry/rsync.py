@@ -182,12 +182,19 @@ def gnu_tar() -> str | None:
     return _GNU_TAR[0]
 
 
-def tar_stream(project: Path, paths: Sequence[str], total: int, remote: "Remote", target: str, progress: bool) -> None:
-    """Send ``paths`` (relative to ``project``) into an empty ``target`` as one uncompressed tar (mtimes to the ns)."""
+def tar_stream(project: Path, paths: Sequence[str], total: int, remote: "Remote", target: str, progress: bool,
+               then: str | None = None, passed: int | None = None) -> bool:
+    """Send ``paths`` (relative to ``project``) into an empty ``target`` as one uncompressed tar (mtimes to the ns).
+
+    ``then``: shell run in the same exec once tar succeeded (an exec less). If it exits ``passed``, return
+    False instead of raising: the caller knows what that status means. True otherwise.
+    """
     tar = gnu_tar()
     assert tar
     listing = rule_file(sorted(paths))
     remote_cmd = f"mkdir -p {shlex.quote(target)} && exec tar -xpf - -C {shlex.quote(target)}"
+    if then:
+        remote_cmd = f"mkdir -p {shlex.quote(target)} && tar -xpf - -C {shlex.quote(target)} && {{ {then}; }}"
     try:
         with tempfile.TemporaryFile() as tar_err:
             maker = subprocess.Popen(
@@ -210,10 +217,13 @@ def tar_stream(project: Path, paths: Sequence[str], total: int, remote: "Remote"
             made_err = tar_err.read()
     finally:
         os.unlink(listing)
-    raise_for(code, err, remote, what="tar on the instance")
     if made not in (0, 1):  # 1: a file changed while it was read; the next sync sends it again
         raise FerryError(f"tar failed (exit {made}): {made_err.decode(errors='replace').strip()[:300]}",
                          hint="check that the project's files are readable, then sync again")
+    if passed is not None and code == passed:
+        return False
+    raise_for(code, err, remote, what="tar on the instance")
+    return True
 
 
 def _pump(source, remote: "Remote", remote_cmd: str, total: int) -> tuple[int, bytes]:

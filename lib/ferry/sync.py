@@ -49,7 +49,7 @@ from . import fileset, rsync
 from .errors import FerryError, UsageError, cmd
 from .fileset import DEFAULT_EXCLUDES, FileSet, Stat
 from .localrecord import COMPACT_AFTER, LocalRecord
-from .manifest import ManifestChanged, NoPython, RemoteManifest, Update, cache_path, local_key, new_token, remote_key
+from .manifest import STALE, ManifestChanged, NoPython, RemoteManifest, Update, cache_path, local_key, new_token, remote_key
 from .report import SyncResult, _s, report
 from .rsync import ITEM_FORMAT, RSYNC_FLAGS, Sent
 if TYPE_CHECKING:
@@ -257,10 +257,14 @@ class _Up:
             # short (kill -9, a dropped connection, a full disk) leaves a truncated file behind: the
             # instance's record lists every file first, so the next sync treats them all as ferry's
             # and compares them, rather than keeping a half-written one as the instance's own copy.
+            # Once every file is there the record is already right but for its token: the tar's own exec
+            # swaps the token in place, rather than a third exec sending the whole record again.
             intent = new_token()
             self.manifest.write(Update.whole(intent, self._sent(frozenset(), extra)), expect=current)
-            current = intent
-            self._tar(result)
+            token = new_token()
+            self._tar(result, then=self.manifest.retoken(intent, token))
+            self._commit(token, extra, kept)
+            return
         else:
             done = self._send(None, sent_before)
             kept = {p: self.fs.files[p] for p in done.kept}
@@ -362,10 +366,13 @@ class _Up:
         finally:
             os.unlink(listing)
 
-    def _tar(self, result: SyncResult) -> None:
-        """An empty workdir: one uncompressed tar stream, the cheapest first copy (mtimes kept to the ns)."""
+    def _tar(self, result: SyncResult, then: str) -> None:
+        """An empty workdir: one uncompressed tar stream, the cheapest first copy (mtimes kept to the ns);
+        ``then`` (the record's new token) runs in the same exec. ManifestChanged if it finds someone else's."""
         total = self.fs.total_bytes
-        rsync.tar_stream(self.project, list(self.fs.files), total, self.remote, self.target, self.progress)
+        if not rsync.tar_stream(self.project, list(self.fs.files), total, self.remote, self.target, self.progress,
+                                then=then, passed=STALE):
+            raise ManifestChanged("another sync rewrote the instance's record during the first copy")
         result.files, result.bytes, result.sent = len(self.fs.files), total, sorted(self.fs.files)
 
 
