@@ -53,6 +53,8 @@ from .manifest import STALE, ManifestChanged, NoPython, RemoteManifest, Update, 
 from .report import SyncResult, _s, report
 from .rsync import ITEM_FORMAT, RSYNC_FLAGS, Sent
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from .handle import Box
 
 log = logging.getLogger(__name__)
@@ -97,29 +99,6 @@ def _skip_rules(skip: Iterable[str], files: AbstractSet[str]) -> list[str]:
     return list(rules)
 
 
-class _Prefetch:
-    """``fn()`` in a thread from now on; ``result()`` waits for it and returns it, or raises what it raised."""
-
-    def __init__(self, fn):
-        import threading
-
-        self._value = self._error = None
-        self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
-        self._thread.start()
-
-    def _run(self, fn) -> None:
-        try:
-            self._value = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to whoever asks for the result
-            self._error = exc
-
-    def result(self):
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value
-
-
 class _Up:
     """One upload: the scan, the local record, the instance's record, and the transfers between them."""
 
@@ -136,7 +115,13 @@ class _Up:
         self.manifest = RemoteManifest(self.remote, self.target, remote_key(box.settings.project, self.target))
         # A sync that will compare with the instance (the first, --full, a dry run) reads its record meanwhile:
         # that exec waits on the network while the scan below keeps the CPU busy.
-        self._prefetched = _Prefetch(self.manifest.fetch) if compare or not self.record.valid else None
+        self._prefetched: "Future | None" = None
+        if compare or not self.record.valid:
+            from concurrent.futures import ThreadPoolExecutor
+
+            pool = ThreadPoolExecutor(max_workers=1)
+            self._prefetched = pool.submit(self.manifest.fetch)
+            pool.shutdown(wait=False)  # its one thread ends with the fetch
         known: AbstractSet[str] = frozenset()
         if self.record.valid:
             known = self.record.files.keys() | self.kept.keys() if self.kept else self.record.files.keys()
@@ -251,7 +236,6 @@ class _Up:
         to_delete, extra = self._split(sent_before)
         if to_delete:
             self._delete(to_delete, current, result, extra)
-        kept: dict[str, Stat] = {}
         if not occupied and rsync.gnu_tar() and self.fs.files:
             # An empty workdir: nothing there to overwrite. tar writes files in place, so a stream cut
             # short (kill -9, a dropped connection, a full disk) leaves a truncated file behind: the
@@ -263,12 +247,11 @@ class _Up:
             self.manifest.write(Update.whole(intent, self._sent(frozenset(), extra)), expect=current)
             token = new_token()
             self._tar(result, then=self.manifest.retoken(intent, token))
-            self._commit(token, extra, kept)
+            self._commit(token, extra, {})
             return
-        else:
-            done = self._send(None, sent_before)
-            kept = {p: self.fs.files[p] for p in done.kept}
-            self._finish(result, done)
+        done = self._send(None, sent_before)
+        kept = {p: self.fs.files[p] for p in done.kept}
+        self._finish(result, done)
         token = new_token()
         self.manifest.write(Update.whole(token, self._sent(kept.keys(), extra)), expect=current)
         self._commit(token, extra, kept)
