@@ -17,7 +17,6 @@ import os
 import shlex
 import socket
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import IO, Sequence
 
@@ -43,6 +42,8 @@ def control_dir(home: Path) -> Path:
     """Where ControlMaster sockets live; unix sockets cap paths near 104 bytes, so fall back to /tmp."""
     preferred = home / "cm"
     if len(str(preferred)) > 60:
+        import tempfile  # only here: its import costs every command ~4 ms
+
         preferred = Path(tempfile.gettempdir()) / f"ferry-cm-{os.getuid()}"
     preferred.mkdir(parents=True, exist_ok=True)
     os.chmod(preferred, 0o700)
@@ -178,6 +179,8 @@ class Remote:
     def presented_host_key(self, timeout: float = 30) -> str:
         """The key the instance presents now, as ``type base64``: learned by one authenticated ``true`` against
         an empty, throw-away known_hosts (so through the user's ProxyJump/ssh_config too), never pinned here."""
+        import tempfile
+
         with tempfile.TemporaryDirectory(prefix="ferry-hk-") as scratch:
             scratch_file = Path(scratch) / "known_hosts"
             argv = [arg if not arg.startswith(("UserKnownHostsFile=", "StrictHostKeyChecking=", "ControlPath="))

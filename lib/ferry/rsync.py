@@ -15,7 +15,6 @@ import os
 import re
 import shlex
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -124,6 +123,8 @@ def run(argv: list[str], remote: "Remote", progress: bool, label: str, partial: 
     argv = [argv[0], "--info=progress2", *argv[1:]]
     bar = TransferBar(label)
     out = bytearray()
+    import tempfile  # here, not at the top: a `ferry run` with nothing to send never pays its import (~3 ms)
+
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
         try:
@@ -159,6 +160,8 @@ def run(argv: list[str], remote: "Remote", progress: bool, label: str, partial: 
 
 def rule_file(rules: Sequence[str]) -> str:
     """Rules (or paths) in a NUL-separated temp file, for ``--from0 --exclude-from``/``--files-from``."""
+    import tempfile
+
     fd, path = tempfile.mkstemp(prefix="ferry-rules-")
     with os.fdopen(fd, "wb") as fh:
         fh.write(b"".join(r.encode("utf-8", "surrogateescape") + b"\0" for r in rules))
@@ -195,6 +198,8 @@ def tar_stream(project: Path, paths: Sequence[str], total: int, remote: "Remote"
     remote_cmd = f"mkdir -p {shlex.quote(target)} && exec tar -xpf - -C {shlex.quote(target)}"
     if then:
         remote_cmd = f"mkdir -p {shlex.quote(target)} && tar -xpf - -C {shlex.quote(target)} && {{ {then}; }}"
+    import tempfile
+
     try:
         with tempfile.TemporaryFile() as tar_err:
             maker = subprocess.Popen(
