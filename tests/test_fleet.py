@@ -111,7 +111,9 @@ def test_map_runs_every_item_once_and_keeps_a_joblog_and_logs(fleet3, project, t
     marks = tmp_path / "marks"
     marks.mkdir()
     (project / "items.txt").write_text("".join(f"it {i}\n" for i in range(12)) + "it's quoted\n")
-    fleet3.ok("map", f'echo "$FERRY_ITEM_INDEX:$FERRY_SLOT" >> {marks}/"$FERRY_ITEM"; echo got {{}}',
+    # item 1 prints nothing (its log comes home empty) and item 2 NUL bytes (they come home byte for byte)
+    fleet3.ok("map", f'echo "$FERRY_ITEM_INDEX:$FERRY_SLOT" >> {marks}/"$FERRY_ITEM"; '
+              'case $FERRY_ITEM_INDEX in 0) ;; 1) printf "a\\0b";; *) echo got {};; esac',
               "--items", "items.txt", "--slots", "2")
     runs = {p.name: p.read_text().splitlines() for p in marks.iterdir()}
     assert sorted(runs) == sorted([f"it {i}" for i in range(12)] + ["it's quoted"])
@@ -121,7 +123,9 @@ def test_map_runs_every_item_once_and_keeps_a_joblog_and_logs(fleet3, project, t
     assert sorted(int(r["Seq"]) for r in log) == list(range(1, 14))
     assert {r["Exitval"] for r in log} == {"0"} and {r["Member"] for r in log} == {"lab-0", "lab-1", "lab-2"}
     last = (project / ".ferry" / "maps" / "last").read_text().strip()
-    assert (project / ".ferry" / "maps" / last / "logs" / "13.1.log").read_text() == "got it's quoted\n"
+    logs = project / ".ferry" / "maps" / last / "logs"
+    assert (logs / "13.1.log").read_text() == "got it's quoted\n"
+    assert (logs / "1.1.log").read_bytes() == b"" and (logs / "2.1.log").read_bytes() == b"a\0b"
     # Every item was a ferry job on its member: listed there, its log kept there too.
     row = next(r for r in log if r["Seq"] == "13")
     listed = json.loads(fleet3.ok("jobs", "--name", row["Member"], "--json").stdout)
