@@ -101,8 +101,17 @@ class JobPipe:
             self.cancel.unwatch(proc)
         if proc.poll() is None:
             try:
-                proc.stdin.close()  # type: ignore[union-attr]
-                proc.wait(timeout=2)  # the wrapper's loop ends at EOF
-            except (OSError, subprocess.TimeoutExpired):
-                proc.kill()
-                proc.wait()
+                proc.stdin.close()  # type: ignore[union-attr]  # the wrapper's loop ends at EOF, and ssh with it
+            except OSError:
+                pass
+            # Reaped aside, not waited for here: ssh takes ~10-20 ms to wind down under load, and the last slot's
+            # wait was the last thing a map waited for before it could answer.
+            threading.Thread(target=_reap, args=(proc,), daemon=True, name="ferry-reap").start()
+
+
+def _reap(proc: subprocess.Popen) -> None:
+    try:
+        proc.wait(timeout=2)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

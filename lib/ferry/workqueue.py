@@ -81,7 +81,9 @@ class Queue:
         others = [m for m, state in self.members.items() if state.alive and m not in item.failed_on]
         return not others  # it has failed everywhere that is left: any member may retry it
 
-    def take(self, member: str) -> Item | None:
+    def take(self, member: str, idle=None) -> Item | None:
+        """The next item for ``member``, waiting while others run (one may come back); None once all are done.
+        ``idle()`` is called once if it has to wait."""
         with self.cond:
             while True:
                 if self.stopping or not self.members[member].alive:
@@ -94,6 +96,9 @@ class Queue:
                         return item
                 if not self.pending and not self.running:
                     return None  # all done: nothing left, and nothing running that could come back
+                if idle is not None:
+                    idle()
+                    idle = None
                 self.cond.wait(0.5)
 
     def done(self, item: Item, member: str, ok: bool, counted: bool = True) -> None:
@@ -230,7 +235,8 @@ def run_map(fleet: "Fleet", command: str | None = None, items: Iterable[str] | N
         pipe = JobPipe(member.box, cancel)
         try:
             while True:
-                item = queue.take(member.box.name)
+                # waiting at the queue's end, a slot lets its connection go (ending 16 at once cost ~15 ms)
+                item = queue.take(member.box.name, idle=pipe.close)
                 if item is None:
                     return
                 ok, counted = _run_item(mapdir, queue, member, slot, item, template, env or {}, slots == "gpu",
