@@ -73,3 +73,30 @@ def test_git_failing_to_list_the_files_is_one_error_line_with_gits_reason(launch
     proc = launched("sync")
     err = assert_one_line_error(proc)
     assert "git could not list the files of" in err and "index" in err, err
+
+
+def test_invoke_gets_no_unittest_mock_at_start_up_and_everyone_after_gets_the_real_one(project):
+    """invoke.context imports unittest.mock (with asyncio and ssl, ~20 ms) for MockContext alone. ferry's
+    console lends it a stand-in while it imports: no command pays for it, and MockContext and any later
+    import of unittest.mock still get the real thing."""
+    modules = imported_modules(project, "--list")
+    assert "invoke.context" in modules
+    assert sorted(m for m in modules if m.split(".")[0] in ("unittest", "asyncio", "ssl")) == []
+    check = (
+        "import sys\n"
+        "from ferry import console\n"
+        "stand_in = console._defer_mock()\n"
+        "import invoke\n"
+        "console._restore_mock(stand_in)\n"
+        "assert 'unittest' not in sys.modules\n"
+        "from invoke import MockContext, Result\n"
+        "c = MockContext(run=Result('hi'))\n"
+        "assert c.run('echo').stdout == 'hi' and c.run.call_count == 1, c.run\n"  # a real Mock wraps run
+        "from unittest import mock\n"
+        "assert hasattr(mock, 'patch') and isinstance(c.run, mock.Mock)\n"
+        "import unittest.mock as again\n"
+        "assert again is mock and again is sys.modules['unittest.mock'] and hasattr(again, 'MagicMock')\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", check], cwd=project, capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "ok", proc.stderr

@@ -49,9 +49,43 @@ def _defer_yaml() -> None:
     sys.modules[name] = module
 
 
+def _mock(*args, **kwargs):
+    """``Mock`` as Invoke's ``MockContext`` calls it: the real one, imported on first call."""
+    from unittest.mock import Mock
+
+    return Mock(*args, **kwargs)
+
+
+def _defer_mock():
+    """``invoke.context`` does ``from unittest.mock import Mock`` for ``MockContext`` (a testing aid), which
+    imports unittest, asyncio and ssl into every command (~20 ms) though none makes a MockContext. While
+    Invoke imports, ``unittest.mock`` in ``sys.modules`` is a stand-in whose ``Mock`` imports the real one
+    when called; it is taken out right after (:func:`_restore_mock`), so any later ``import unittest.mock``
+    (a user's tasks, a test) gets the real module. Returns the stand-in, or None if there was nothing to defer.
+    """
+    if "invoke" in sys.modules or "unittest.mock" in sys.modules:
+        return None
+    import types
+
+    stand_in = types.ModuleType("unittest.mock", "ferry's stand-in while Invoke imports (see ferry.console)")
+    stand_in.Mock = _mock  # type: ignore[attr-defined]
+    sys.modules["unittest.mock"] = stand_in
+    return stand_in
+
+
+def _restore_mock(stand_in) -> None:
+    if stand_in is not None and sys.modules.get("unittest.mock") is stand_in:
+        del sys.modules["unittest.mock"]
+
+
 def main() -> None:
     try:
         _defer_yaml()
+        stand_in = _defer_mock()
+        try:
+            __import__("invoke")  # with the stand-in in place
+        finally:
+            _restore_mock(stand_in)
         from .program import program
 
         program.run()
