@@ -8,6 +8,7 @@ A closed stdout (``ferry --list | head -1``) ends it quietly with 141.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -79,6 +80,10 @@ def _restore_mock(stand_in) -> None:
 
 
 def main() -> None:
+    # The cyclic garbage collector has nothing to find among start-up's objects (modules, classes, Invoke's
+    # parser: they live as long as the process), but walks them all, again and again while they are made and
+    # once more at exit: off until they are made, then frozen out of its way. ~15 ms off every command.
+    gc.disable()
     try:
         _defer_yaml()
         stand_in = _defer_mock()
@@ -88,6 +93,8 @@ def main() -> None:
             _restore_mock(stand_in)
         from .program import program
 
+        gc.freeze()
+        gc.enable()
         program.run()
         sys.stdout.flush()
     except KeyboardInterrupt:
