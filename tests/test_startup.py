@@ -60,11 +60,24 @@ def test_pathspec_is_imported_only_for_a_path_a_rule_may_hold_back(launched, pro
 
 def test_a_run_with_nothing_to_send_imports_no_temp_file_machinery(launched, project):
     """tempfile (with shutil, bz2, lzma, random) cost every `ferry run` ~4 ms before its first byte went out,
-    though a run with nothing new to send makes no temporary file at all."""
+    though a run with nothing new to send makes no temporary file at all; hashlib (OpenSSL) and socket ~5 ms
+    more, for names and a path only paramiko takes."""
     launched.ok("sync")
     modules = imported_modules(project, "run", "true")
     assert "ferry.sync" in modules  # it did check for changes
-    assert sorted(m for m in modules if m in ("tempfile", "shutil", "secrets", "random")) == []
+    assert sorted(m for m in modules if m in ("tempfile", "shutil", "secrets", "random", "hashlib", "socket")) == []
+
+
+def test_ferrys_own_sha1_names_what_hashlib_would():
+    """Record keys and ControlMaster socket names are SHA-1s: the same digests whichever module makes them,
+    so no record or connection is orphaned by the switch away from hashlib (which loads OpenSSL, ~2.5 ms)."""
+    import hashlib
+
+    from ferry.digest import sha1
+
+    for data in (b"", b"root@127.0.0.1:22", "workdir/\u00e9".encode()):
+        assert sha1(data).hexdigest() == hashlib.sha1(data).hexdigest()
+        assert sha1(data).digest() == hashlib.sha1(data).digest()
 
 
 def test_git_failing_to_list_the_files_is_one_error_line_with_gits_reason(launched, project):

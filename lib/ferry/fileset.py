@@ -25,7 +25,6 @@ matches paths it has not seen.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import stat
@@ -35,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AbstractSet, Iterable, Iterator, Mapping
 
+from .digest import sha1
 from .errors import FerryError
 from .heldback import Matcher, groups, sniff
 from .tools import require
@@ -237,7 +237,7 @@ def scan(root: Path, known: AbstractSet[str] = frozenset(), known_spec: str | No
     # Outside git the defaults stand in for .gitignore; inside, git decides but secrets stay home.
     base = SECRET_EXCLUDES if git else DEFAULT_EXCLUDES
     lines = [*base, *user_lines]
-    spec_hash = hashlib.sha1(("git\n" if git else "plain\n").encode() + "\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    spec_hash = sha1(("git\n" if git else "plain\n").encode() + "\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()[:16]
     spec = _matcher(lines, len(base))
     trusted = known if known_spec == spec_hash else frozenset()
     fs = FileSet(root=root, git=git, files={}, spec_hash=spec_hash)

@@ -21,6 +21,8 @@ import os
 import re
 from typing import Iterable, Mapping
 
+from .digest import sha1
+
 SNIFF_MAX = 64 * 1024  # bytes: a key or service-account file is far smaller
 SNIFF_READ = 4096
 # Extensions a key could hide behind; a name with no extension is always read. Source code is not.
@@ -82,7 +84,6 @@ def translations(lines: list[str]) -> list[tuple[str | None, bool]]:
     Cached in ~/.ferry/cache/ignore under a hash of the lines and of the installed pathspec (its path and
     mtime: an upgrade translates again). A cache that cannot be read or written only costs the import.
     """
-    import hashlib
     import importlib.util
     import marshal
 
@@ -92,7 +93,7 @@ def translations(lines: list[str]) -> list[tuple[str | None, bool]]:
         stamp = f"{origin}:{os.stat(origin).st_mtime_ns}" if origin else ""
     except OSError:
         stamp = origin
-    key = hashlib.sha1("\0".join([stamp, *lines]).encode("utf-8", "surrogateescape")).hexdigest()
+    key = sha1("\0".join([stamp, *lines]).encode("utf-8", "surrogateescape")).hexdigest()
     cache = os.path.join(os.path.expanduser("~"), ".ferry", "cache", "ignore", key)
     try:
         with open(cache, "rb") as fh:

@@ -24,7 +24,6 @@ left by an older ferry (``<key>.json``) is read once and replaced.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import marshal
 import os
@@ -32,6 +31,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .digest import sha1
 from .fileset import Stat
 from .store import JsonStore, write_atomic
 
@@ -48,7 +48,7 @@ class _Unreadable(Exception):
 
 
 def _digest(payload: bytes) -> bytes:
-    return hashlib.sha1(payload).digest()[:8]
+    return sha1(payload).digest()[:8]
 
 
 def _frame(kind: bytes, body: tuple) -> bytes:

@@ -25,12 +25,12 @@ newlines and leading dashes included, survives the trip on stdin.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .digest import sha1
 from .errors import RemoteCommandError, cmd
 from .fileset import Stat
 from .remote import Remote
@@ -92,11 +92,11 @@ def decode(data: bytes) -> tuple[str, dict[str, Stat]]:
 def local_key(instance, workdir: str) -> str:
     """Per instance incarnation and workdir: a re-created instance with the same name starts from nothing."""
     ident = f"{instance.provider}\0{instance.id}\0{instance.created_at}\0{workdir}"
-    return hashlib.sha1(ident.encode()).hexdigest()[:16]
+    return sha1(ident.encode()).hexdigest()[:16]
 
 
 def remote_key(project_name: str, workdir: str) -> str:
-    return f"{project_name}-{hashlib.sha1(workdir.encode()).hexdigest()[:12]}"
+    return f"{project_name}-{sha1(workdir.encode()).hexdigest()[:12]}"
 
 
 # -- the record on the instance --------------------------------------------------------

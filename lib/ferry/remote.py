@@ -12,15 +12,14 @@ Fabric round trip from 44 ms to about 4 ms.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shlex
-import socket
 import subprocess
 from pathlib import Path
 from typing import IO, Sequence
 
 from . import known_hosts
+from .digest import sha1
 from .errors import HostKeyError, RemoteCommandError, SSHError, cmd
 from .records import Instance, SSHEndpoint
 from .tools import require
@@ -74,7 +73,7 @@ class Remote:
 
     # OpenSSH ------------------------------------------------------------------
     def ssh_options(self) -> list[str]:
-        control = control_dir(self.home) / hashlib.sha1(
+        control = control_dir(self.home) / sha1(
             f"{self.endpoint.user}@{self.endpoint.host}:{self.endpoint.port}".encode()
         ).hexdigest()[:16]
         strict = "accept-new" if self.first_contact else "yes"
@@ -245,6 +244,8 @@ class Remote:
                 host_keys.add(actual, key_type, key)
         ssh_conf = conn.ssh_config or {}
         if not (ssh_conf.get("proxyjump") or ssh_conf.get("proxycommand")):
+            import socket  # here: its import costs every command ~2 ms, and only this path needs it
+
             sock = socket.create_connection((conn.host, conn.port), timeout=15)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn.connect_kwargs["sock"] = sock
