@@ -167,6 +167,14 @@ def main() -> int:
                             floor_true, fails)
         rows.append(Row("ferry run true (warm)", "ssh <instance> true (ControlMaster)", a, b, failures=fails,
                         goal=Goal(90, "ms")))
+        # The same goal as the issue words it for any machine: <= 1.0x `python -c "import invoke"` + 2x the ssh floor,
+        # that sum measured in this run (90 ms was that sum on the quiet machine the issue was written on).
+        budget = lambda: (timed([python, "-c", "import invoke"], cwd=project, env=env)[0]  # noqa: E731
+                          + timed(ssh_true)[0] + timed(ssh_true)[0])
+        fails = []
+        a, b = side_by_side(args.repeat, lambda: ferry_cmd([ferry, "run", "true"], cwd=project, env=env), budget, fails)
+        rows.append(Row("  the same, against the issue's budget", 'python -c "import invoke" + 2x ssh true', a, b,
+                        failures=fails, goal=1.0))
 
         from ferry import follow as follow_lib
         from ferry import jobs as jobs_lib
