@@ -70,6 +70,17 @@ def test_submodule_contents_arrive_recursively(home, project):
     assert not (wd / ".venv").exists() and not (wd / "debug.log").exists()
 
 
+def test_a_first_copy_into_a_workdir_linked_to_a_volume_fills_the_volume_and_keeps_the_link(launched, project, home):
+    wd = workdir_of(home)
+    volume = wd.parent / "volume"
+    volume.mkdir()
+    wd.symlink_to(volume)
+    launched.ok("sync")
+    assert wd.is_symlink() and os.readlink(wd) == str(volume)
+    assert {"train.py", "src/model.py", "notes.md"} <= remote_files(volume)
+    assert list(wd.parent.glob(f".{volume.name}.ferry-copy-*")) == []
+
+
 def test_ferryignore_negation_inside_git(launched, project, home):
     (project / "data").mkdir()
     for name in ("keep.csv", "big.csv", "other.csv"):

@@ -32,11 +32,11 @@ import subprocess
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AbstractSet, Iterable, Iterator, Mapping
+from typing import AbstractSet, Callable, Iterable, Iterator, Mapping
 
 from .digest import sha1
 from .errors import FerryError
-from .heldback import Matcher, groups, sniff
+from .heldback import Matcher, groups, held_for_content, sniff
 from .tools import require
 
 # Files that hold secrets: never sent to a rented machine, in git projects too (a .env that
@@ -224,12 +224,13 @@ def _matcher(lines: list[str], user_from: int) -> Matcher | None:
 
 
 def scan(root: Path, known: AbstractSet[str] = frozenset(), known_spec: str | None = None,
-         previous: Mapping[str, Stat] | None = None) -> FileSet:
+         previous: Mapping[str, Stat] | None = None, on_file: Callable[[str, Stat], None] | None = None) -> FileSet:
     """The file set of ``root`` with stats.
 
     ``known`` paths (kept last time under ``known_spec``) skip matching;
     files whose stat differs from ``previous`` (the last sync's record) have
-    their first KB read for secrets.
+    their first KB read for secrets. ``on_file(path, stat)`` hears of each file of the set as soon as the
+    walk has found it and vetted it (rules and content): a first copy streams them while the walk goes on.
     """
     root = Path(root)
     git = in_git(root)
@@ -241,13 +242,24 @@ def scan(root: Path, known: AbstractSet[str] = frozenset(), known_spec: str | No
     spec = _matcher(lines, len(base))
     trusted = known if known_spec == spec_hash else frozenset()
     fs = FileSet(root=root, git=git, files={}, spec_hash=spec_hash)
+    by_content: list[str] = []
+    root_dir, before = os.fspath(root), previous or {}
+
+    def admit(path: str, st: Stat) -> None:  # sniffed as it is found, not after the walk: only then is it told
+        if held_for_content(root_dir, path, st, before, spec):
+            by_content.append(path)
+        else:
+            on_file(path, st)  # type: ignore[misc]
+
+    hook = admit if on_file is not None else None  # without a listener: the walk, then one sniff over the set
     if git:
-        _scan_git(fs, "", spec, trusted, depth=0)
+        _scan_git(fs, "", spec, trusted, depth=0, admit=hook)
     else:
-        _scan_plain(fs, spec, trusted)
+        _scan_plain(fs, spec, trusted, hook)
     secret = Matcher(list(SECRET_EXCLUDES), len(SECRET_EXCLUDES))
     fs.held_secrets = [p for p in [*fs.dropped, *fs.dropped_dirs] if secret.excluded(p) and spec and spec.excluded(p)]
-    by_content = sniff(os.fspath(root), fs.files, previous or {}, spec)
+    if on_file is None:
+        by_content = sniff(root_dir, fs.files, before, spec)
     for path in by_content:
         del fs.files[path]
     fs.dropped.extend(by_content)
@@ -265,7 +277,7 @@ def _keep(path: str, spec: Matcher | None, trusted: AbstractSet[str]) -> bool:
     return not spec.excluded(path)
 
 
-def _scan_git(fs: FileSet, prefix: str, spec, trusted: AbstractSet[str], depth: int) -> None:
+def _scan_git(fs: FileSet, prefix: str, spec, trusted: AbstractSet[str], depth: int, admit=None) -> None:
     """One repository's files (``prefix`` is its place in the project), then its submodules, recursively."""
     if depth > 16:
         return
@@ -286,7 +298,9 @@ def _scan_git(fs: FileSet, prefix: str, spec, trusted: AbstractSet[str], depth: 
         mode = st.st_mode
         if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
             if _keep(path, spec, trusted):
-                fs.files[path] = (st.st_size, st.st_mtime_ns, mode)
+                fs.files[path] = found = (st.st_size, st.st_mtime_ns, mode)
+                if admit is not None:
+                    admit(path, found)
             else:
                 fs.dropped.append(path)
         elif stat.S_ISDIR(mode):
@@ -300,10 +314,10 @@ def _scan_git(fs: FileSet, prefix: str, spec, trusted: AbstractSet[str], depth: 
         if spec is not None and spec.excluded(sub):
             fs.dropped_dirs.append(sub.rstrip("/"))
             continue
-        _scan_git(fs, sub, spec, trusted, depth + 1)
+        _scan_git(fs, sub, spec, trusted, depth + 1, admit)
 
 
-def _scan_plain(fs: FileSet, spec, trusted: AbstractSet[str]) -> None:
+def _scan_plain(fs: FileSet, spec, trusted: AbstractSet[str], admit=None) -> None:
     """Walk the tree, pruning excluded directories (gitignore: nothing below an excluded dir comes back)."""
     stack = [""]
     base = os.fspath(fs.root)
@@ -329,6 +343,8 @@ def _scan_plain(fs: FileSet, spec, trusted: AbstractSet[str]) -> None:
                 fs.dropped.append(path)
                 fs.specials.append(path)
             elif _keep(path, spec, trusted):
-                fs.files[path] = (st.st_size, st.st_mtime_ns, st.st_mode)
+                fs.files[path] = found = (st.st_size, st.st_mtime_ns, st.st_mode)
+                if admit is not None:
+                    admit(path, found)
             else:
                 fs.dropped.append(path)

@@ -150,13 +150,15 @@ def looks_secret(full_path: str) -> bool:
 def sniff(root: str, files: Mapping[str, tuple[int, int, int]], previous: Mapping[str, tuple[int, int, int]],
           matcher: Matcher | None) -> list[str]:
     """Files (new or changed since ``previous``) whose content is a secret, unless sent on purpose."""
-    found = []
-    for path, st in files.items():
-        if previous.get(path) == st or not worth_sniffing(path, st[0]):
-            continue
-        if looks_secret(os.path.join(root, path)) and not (matcher is not None and matcher.sent_on_purpose(path)):
-            found.append(path)
-    return found
+    return [path for path, st in files.items() if held_for_content(root, path, st, previous, matcher)]
+
+
+def held_for_content(root: str, path: str, st: tuple[int, int, int], previous: Mapping[str, tuple[int, int, int]],
+                     matcher: Matcher | None) -> bool:
+    """One file of :func:`sniff`: new or changed, a secret by its content, and not sent on purpose."""
+    if previous.get(path) == st or not worth_sniffing(path, st[0]):
+        return False
+    return looks_secret(os.path.join(root, path)) and not (matcher is not None and matcher.sent_on_purpose(path))
 
 
 def groups(matcher: Matcher | None, files: Iterable[str], dirs: Iterable[str]) -> dict[str, list[str]]:

@@ -224,8 +224,11 @@ class RemoteManifest:
         token, files = decode(data)
         return status.strip() == b"occupied", token, files
 
-    def write(self, update: Update, expect: str) -> None:
-        """Replace the record (or append to it), unless someone else replaced it since we read ``expect``."""
+    def write(self, update: Update, expect: str, before: str | None = None) -> None:
+        """Replace the record (or append to it), unless someone else replaced it since we read ``expect``.
+
+        ``before``: shell run once the record is found current, before it is written (in the same exec); it
+        exits STALE itself to call the write off."""
         if update.mode == "1":
             store = 'mkdir -p "$(dirname "$m")" && cat > "$m.tmp.$$" && mv -f "$m.tmp.$$" "$m"'
             data = update.payload
@@ -237,7 +240,8 @@ class RemoteManifest:
             f"m={self._path_sh}; cur=; "
             f'if [ -f "$m" ]; then IFS= read -r cur < "$m" || true; fi; '
             f'case "$cur" in "ferry-manifest 1 "*) cur=${{cur#ferry-manifest 1 }};; *) cur=;; esac; '
-            f'[ "$cur" = {shlex.quote(expect)} ] || {{ printf "stale %s" "$cur"; exit {STALE}; }}; ' + store
+            f'[ "$cur" = {shlex.quote(expect)} ] || {{ printf "stale %s" "$cur"; exit {STALE}; }}; '
+            + (f"{{ {before}; }} && " if before else "") + store
         )
         proc = self.remote.run(command, input=data, check=False)
         self._check(proc, "record what was sent")

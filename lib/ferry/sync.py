@@ -55,6 +55,7 @@ from .rsync import ITEM_FORMAT, RSYNC_FLAGS, Sent
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
+    from .firstcopy import FirstCopy
     from .handle import Box
 
 log = logging.getLogger(__name__)
@@ -125,8 +126,22 @@ class _Up:
         known: AbstractSet[str] = frozenset()
         if self.record.valid:
             known = self.record.files.keys() | self.kept.keys() if self.kept else self.record.files.keys()
-        self.fs: FileSet = fileset.scan(self.project, known, self.record.spec_hash,
-                                        previous=self.record.files if self.record.valid else None)
+        # A first sync streams each file as the scan finds it, into the workdir if that is empty (firstcopy.py).
+        self.first: "FirstCopy | None" = None
+        if self._prefetched is not None and not compare and rsync.gnu_tar():
+            from . import firstcopy
+
+            self.first = firstcopy.FirstCopy(self.remote, self.project, self.target, self._prefetched, progress)
+        try:
+            self.fs: FileSet = fileset.scan(self.project, known, self.record.spec_hash,
+                                            previous=self.record.files if self.record.valid else None,
+                                            on_file=self.first.add if self.first is not None else None)
+        except BaseException:
+            if self.first is not None:
+                self.first.abort()
+            raise
+        if self.first is not None:
+            self.first.scanned()
         home = (instance.remote_home or str(PurePosixPath(self.target).parent)).rstrip("/")
         self.replaced_dir = f"{home}/{REPLACED_DIR}/{stamp()}"
 
@@ -233,6 +248,9 @@ class _Up:
     def full(self, result: SyncResult) -> None:
         """Compare everything: read the instance's record, delete, send (tar or rsync), write the record."""
         occupied, current, sent_before = self._fetch()
+        first, self.first = self.first, None
+        if first is not None and self._streamed(first, occupied, current, result):
+            return
         to_delete, extra = self._split(sent_before)
         if to_delete:
             self._delete(to_delete, current, result, extra)
@@ -255,6 +273,22 @@ class _Up:
         token = new_token()
         self.manifest.write(Update.whole(token, self._sent(kept.keys(), extra)), expect=current)
         self._commit(token, extra, kept)
+
+    def _streamed(self, first: "FirstCopy", occupied: bool, current: str, result: SyncResult) -> bool:
+        """The first copy streamed during the scan (firstcopy.py), put in place with its record; False if the
+        workdir was not empty, and nothing was sent."""
+        token = new_token()
+        record = None if occupied else Update.whole(token, self.fs.files)  # made while tar may still be sending
+        if not first.finish() or record is None:
+            return False
+        try:
+            self.manifest.write(record, expect=current, before=first.into_place())
+        except ManifestChanged:
+            first.discard()
+            raise
+        result.files, result.bytes, result.sent = len(self.fs.files), self.fs.total_bytes, sorted(self.fs.files)
+        self._commit(token, {}, {})
+        return True
 
     def _delete(self, to_delete: dict[str, Stat], expect: str, result: SyncResult, extra: dict[str, Stat],
                 then_write: Update | None = None, dry_run: bool = False) -> bool:
