@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -224,11 +225,8 @@ class RemoteManifest:
         token, files = decode(data)
         return status.strip() == b"occupied", token, files
 
-    def write(self, update: Update, expect: str, before: str | None = None) -> None:
-        """Replace the record (or append to it), unless someone else replaced it since we read ``expect``.
-
-        ``before``: shell run once the record is found current, before it is written (in the same exec); it
-        exits STALE itself to call the write off."""
+    def write(self, update: Update, expect: str) -> None:
+        """Replace the record (or append to it), unless someone else replaced it since we read ``expect``."""
         if update.mode == "1":
             store = 'mkdir -p "$(dirname "$m")" && cat > "$m.tmp.$$" && mv -f "$m.tmp.$$" "$m"'
             data = update.payload
@@ -240,11 +238,26 @@ class RemoteManifest:
             f"m={self._path_sh}; cur=; "
             f'if [ -f "$m" ]; then IFS= read -r cur < "$m" || true; fi; '
             f'case "$cur" in "ferry-manifest 1 "*) cur=${{cur#ferry-manifest 1 }};; *) cur=;; esac; '
-            f'[ "$cur" = {shlex.quote(expect)} ] || {{ printf "stale %s" "$cur"; exit {STALE}; }}; '
-            + (f"{{ {before}; }} && " if before else "") + store
+            f'[ "$cur" = {shlex.quote(expect)} ] || {{ printf "stale %s" "$cur"; exit {STALE}; }}; ' + store
         )
         proc = self.remote.run(command, input=data, check=False)
         self._check(proc, "record what was sent")
+
+    def begin_write(self, update: Update, expect: str, before: str) -> "PendingWrite":
+        """A whole-record write whose exec opens now and acts once :meth:`PendingWrite.complete` sends the record:
+        its ssh session is made while a transfer still runs. On the instance the record is read first, then (if
+        it arrived whole and the record is still ``expect``'s) ``before`` runs, then the record is replaced;
+        ``before`` exits STALE itself to call it off."""
+        assert update.mode == "1"
+        command = (
+            f"m={self._path_sh}; t=\"$m.tmp.$$\"; trap 'rm -f \"$t\"' EXIT; "
+            f'mkdir -p "$(dirname "$m")" && cat > "$t" && [ "$(wc -c < "$t")" -eq {len(update.payload)} ] || exit 1; '
+            f'cur=; IFS= read -r cur 2>/dev/null < "$m" || true; '
+            f'case "$cur" in "ferry-manifest 1 "*) cur=${{cur#ferry-manifest 1 }};; *) cur=;; esac; '
+            f'[ "$cur" = {shlex.quote(expect)} ] || {{ printf "stale %s" "$cur"; exit {STALE}; }}; '
+            f'{{ {before}; }} && mv -f "$t" "$m"'
+        )
+        return PendingWrite(self, command, update.payload)
 
     def retoken(self, expect: str, token: str) -> str:
         """Shell that gives the record ``token`` in place of ``expect`` (one length: only its header line is
@@ -296,6 +309,27 @@ class RemoteManifest:
                 + (f": {detail[-1]}" if detail else ""),
                 hint=f"check the instance: {cmd(f'ssh --name {self.remote.instance.name}')}",
             )
+
+
+class PendingWrite:
+    """An exec of :meth:`RemoteManifest.begin_write`, waiting for its record on stdin."""
+
+    def __init__(self, manifest: RemoteManifest, command: str, payload: bytes):
+        self.manifest, self.payload = manifest, payload
+        self.argv = manifest.remote.ssh_argv() + [command]
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def complete(self) -> None:
+        """Send the record and wait: ManifestChanged if it was called off, RemoteCommandError if it failed."""
+        out, err = self.proc.communicate(self.payload)
+        self.manifest._check(subprocess.CompletedProcess(self.argv, self.proc.returncode, out, err),
+                             "record what was sent")
+
+    def cancel(self) -> None:
+        """Never act: the record does not arrive whole (the instance checks its length), whatever ssh does next."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate()
 
 
 def cache_path(project: Path, key: str) -> Path:

@@ -277,12 +277,21 @@ class _Up:
     def _streamed(self, first: "FirstCopy", occupied: bool, current: str, result: SyncResult) -> bool:
         """The first copy streamed during the scan (firstcopy.py), put in place with its record; False if the
         workdir was not empty, and nothing was sent."""
+        if occupied:
+            return first.finish()  # False: nothing was sent
         token = new_token()
-        record = None if occupied else Update.whole(token, self.fs.files)  # made while tar may still be sending
-        if not first.finish() or record is None:
+        # While tar may still be sending: the record is made, and the exec that puts both in place is opened.
+        pending = self.manifest.begin_write(Update.whole(token, self.fs.files), current, first.into_place())
+        try:
+            copied = first.finish()
+        except BaseException:
+            pending.cancel()
+            raise
+        if not copied:
+            pending.cancel()
             return False
         try:
-            self.manifest.write(record, expect=current, before=first.into_place())
+            pending.complete()
         except ManifestChanged:
             first.discard()
             raise
