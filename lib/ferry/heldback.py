@@ -51,7 +51,7 @@ class Matcher:
         self.lines = lines
         self.user_from = user_from
         positives = [source for source, include in translations(lines) if include and source is not None]
-        self.any = re.compile("|".join(f"(?:{p})" for p in positives)) if positives else None
+        self.any = re.compile(combined(positives)) if positives else None
         self._spec = None
 
     @property
@@ -76,6 +76,25 @@ class Matcher:
         """A ``!pattern`` line of the user's own ``.ferryignore`` is what decides this path."""
         result = self.spec.check_file(path)
         return result.index is not None and result.index >= self.user_from and not result.include
+
+
+ANY_DIR = "^(?:.+/)?"  # how pathspec begins the regex of a pattern with no slash: "in any directory"
+
+
+def combined(sources: list[str]) -> str:
+    """One regex matching what any of ``sources`` matches. Those of the common shape ``^(?:.+/)?X<end>`` share
+    one ``(?:.+/)?``, so a path is walked once per slash for all of them, not once per pattern: half the
+    cost of a scan's every path (~70 ms at 100k files)."""
+    grouped: dict[str, list[str]] = {}
+    alone = []
+    for source in sources:
+        end = next((e for e in ("(?:(?:/)|$)", "(?:/)") if source.startswith(ANY_DIR) and source.endswith(e)), None)
+        if end is None:
+            alone.append(source)
+        else:
+            grouped.setdefault(end, []).append(source[len(ANY_DIR):-len(end)])
+    parts = [ANY_DIR + "(?:" + "|".join(f"(?:{m})" for m in middles) + ")" + end for end, middles in grouped.items()]
+    return "|".join(f"(?:{p})" for p in [*parts, *alone])
 
 
 def translations(lines: list[str]) -> list[tuple[str | None, bool]]:
