@@ -632,6 +632,20 @@ def test_progress_bar_on_a_terminal_keeps_the_summary_right(launched, project, h
     assert (workdir_of(home) / "big.dat").stat().st_size == 24 * (1 << 20)
 
 
+def test_a_first_copy_on_a_terminal_draws_its_bar_and_lands_every_byte(launched, project, home, monkeypatch, capsys):
+    """The first copy streams while the scan runs: its bar's total grows with what the scan has found."""
+    from ferry import output
+
+    monkeypatch.setattr(output, "PROGRESS_AFTER", 0.0)
+    monkeypatch.setattr(output, "colour", lambda stream=None: True)  # as on a terminal
+    (project / "big.dat").write_bytes(os.urandom(1 << 20) * 24)
+    result = ferry.box().sync(progress=True)
+    err = capsys.readouterr().err
+    assert result.how == "initial" and "sending" in err, err[-300:]
+    assert (workdir_of(home) / "big.dat").read_bytes() == (project / "big.dat").read_bytes()
+    assert {"train.py", "src/model.py", "notes.md", "big.dat"} <= remote_files(workdir_of(home))
+
+
 def test_backups_of_replaced_files_stay_bounded(launched, project, home):
     from ferry.sync import KEEP_REPLACED
 
