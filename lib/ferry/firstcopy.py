@@ -51,6 +51,7 @@ class FirstCopy:
         self._errs: list = []  # temporary files holding tar's and ssh's stderr
         self._started = False
         self._told_all = False  # the feeder has seen the end of the names
+        self._pumping: threading.Thread | None = None  # with a progress bar: tar's archive through us to ssh
         self._feeder = threading.Thread(target=self._feed, daemon=True, name="ferry-first-copy")
         self._feeder.start()
 
@@ -117,7 +118,8 @@ class FirstCopy:
         argv = self.remote.ssh_argv() + [self._receive_command()]
         if self.progress:
             taker = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=ssh_err)
-            threading.Thread(target=self._pump, args=(maker.stdout, taker.stdin), daemon=True).start()
+            self._pumping = threading.Thread(target=self._pump, args=(maker.stdout, taker.stdin), daemon=True)
+            self._pumping.start()
         else:
             taker = subprocess.Popen(argv, stdin=maker.stdout, stdout=subprocess.DEVNULL, stderr=ssh_err)
             maker.stdout.close()  # type: ignore[union-attr]  # ssh holds it now
@@ -183,6 +185,8 @@ class FirstCopy:
             maker, taker = self._procs
             code = taker.wait()
             made = maker.wait()
+            if self._pumping is not None:
+                self._pumping.join()  # its bar is wiped before the summary is printed
         except BaseException:
             self.abort()
             raise
