@@ -8,11 +8,15 @@ Up, fastest path first:
   no-op rsync);
 * a few files changed: only those go, in one rsync fed the short list, and
   files that are gone locally are deleted remotely (safely, see manifest.py);
-* otherwise (first sync from this checkout, ``--full``, or someone else
-  synced in between): the instance's record is read, then an empty workdir
-  is filled by one uncompressed tar stream (the floor for a first copy), and
-  an existing one by one recursive rsync whose excludes reproduce git's file
-  set exactly, which is ~3.5x faster than ``--files-from`` on a large tree.
+* the first sync from this checkout: if the workdir is empty, each file the
+  scan vets goes straight into one uncompressed tar stream (the floor for a
+  first copy) into a staging directory, put in place with the record once
+  whole (firstcopy.py);
+* otherwise (``--full``, a workdir that holds files, or someone else synced
+  in between): the instance's record is read, then an empty workdir is filled
+  by one tar stream, and an existing one by one recursive rsync whose
+  excludes reproduce git's file set exactly, which is ~3.5x faster than
+  ``--files-from`` on a large tree.
 
 Nothing on the instance is ever deleted unless ferry sent it and it is gone
 locally (``--delete=never`` turns even that off); rsync never runs with
