@@ -40,38 +40,52 @@ def plain(home, monkeypatch) -> Path:
 
 
 # -- 1. an interrupted first sync converges ---------------------------------------------------------------
-def test_a_killed_first_sync_leaves_nothing_half_written(plain, home):
-    ferry = FerryCLI(plain)
+def many_files(plain: Path) -> None:
     for i in range(1500):
         (plain / f"d{i % 30}").mkdir(exist_ok=True)
         (plain / f"d{i % 30}" / f"f{i}.dat").write_bytes(os.urandom(100_000))
+
+
+def staged(wd: Path) -> list[Path]:
+    """Where a first copy lands before it becomes the workdir (firstcopy.py)."""
+    return list(wd.parent.glob(f".{wd.name}.ferry-copy-*"))
+
+
+def catch_a_first_copy_midway(plain: Path, wd: Path, act) -> subprocess.Popen | None:
+    """Run ``ferry sync`` until ``act(proc)`` says it acted while the first copy was part staged (3 tries)."""
+    for _attempt in range(3):
+        proc = subprocess.Popen([sys.executable, "-m", "ferry", "sync"], cwd=plain, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, process_group=0)
+        deadline = time.monotonic() + 30
+        acted = False
+        while time.monotonic() < deadline and proc.poll() is None:
+            if sum(1 for d in staged(wd) for _ in d.rglob("*.dat")) >= 20:
+                acted = act(proc)
+                break
+            time.sleep(0.002)
+        proc.errors = proc.communicate(timeout=120)[1].decode(errors="replace")  # type: ignore[attr-defined]
+        if acted:
+            return proc
+        subprocess.run(["rm", "-rf", str(wd), str(plain / ".ferry" / "sync")], check=True)  # it finished first
+    return None
+
+
+def test_a_killed_first_sync_leaves_nothing_half_written(plain, home):
+    ferry = FerryCLI(plain)
+    many_files(plain)
     ferry.ok("launch")
     wd = workdir_of(home)
 
-    def staged() -> list[Path]:  # where a first copy lands before it becomes the workdir (firstcopy.py)
-        return list(wd.parent.glob(f".{wd.name}.ferry-copy-*"))
+    def kill(proc) -> bool:
+        running = proc.poll() is None
+        os.killpg(proc.pid, signal.SIGKILL)  # ferry sync, its tar and its ssh: mid-stream
+        return running and sum(1 for d in staged(wd) for _ in d.rglob("*.dat")) < 1500
 
-    partial = False
-    for _attempt in range(3):
-        proc = subprocess.Popen([sys.executable, "-m", "ferry", "sync"], cwd=plain, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, process_group=0)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and proc.poll() is None:
-            if sum(1 for d in staged() for _ in d.rglob("*.dat")) >= 20:
-                os.killpg(proc.pid, signal.SIGKILL)  # ferry sync, its tar and its ssh: mid-stream
-                break
-            time.sleep(0.002)
-        proc.wait()
-        if proc.returncode == -signal.SIGKILL:
-            partial = sum(1 for d in staged() for _ in d.rglob("*.dat")) < 1500
-        if partial:
-            break
-        subprocess.run(["rm", "-rf", str(wd)], check=True)  # it finished first: start over, empty again
-        (plain / ".ferry" / "sync").exists() and subprocess.run(["rm", "-rf", str(plain / ".ferry" / "sync")])
-    assert partial, "the sync was never caught half way"
+    proc = catch_a_first_copy_midway(plain, wd, kill)
+    assert proc is not None and proc.returncode == -signal.SIGKILL, "the sync was never caught half way"
     assert not wd.exists(), "a copy cut short shows nothing in the workdir, not even a truncated file"
     proc = ferry.ok("sync")
-    assert staged() == [], "the next first copy cleared what the killed one left"
+    assert staged(wd) == [], "the next first copy cleared what the killed one left"
     assert "never sent" not in proc.stderr, "files ferry was sending are ferry's, not the instance's"
     assert digest(wd) == digest(plain), "the instance holds exactly the local file set, byte for byte"
     proc = ferry.ok("sync", "--full")
@@ -83,33 +97,21 @@ def test_a_workdir_that_gets_a_file_during_the_first_copy_keeps_it_and_still_get
     """The staged copy goes into place only while the workdir is still empty: otherwise it is dropped and the
     sync compares file by file, as for any occupied workdir (their file stays, ours all arrive)."""
     ferry = FerryCLI(plain)
-    for i in range(1500):
-        (plain / f"d{i % 30}").mkdir(exist_ok=True)
-        (plain / f"d{i % 30}" / f"f{i}.dat").write_bytes(os.urandom(100_000))
+    many_files(plain)
     ferry.ok("launch")
     wd = workdir_of(home)
-    caught = False
-    for _attempt in range(3):
-        proc = subprocess.Popen([sys.executable, "-m", "ferry", "sync"], cwd=plain, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, process_group=0)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and proc.poll() is None:
-            if sum(1 for d in wd.parent.glob(f".{wd.name}.ferry-copy-*") for _ in d.rglob("*.dat")) >= 20:
-                wd.mkdir(parents=True, exist_ok=True)
-                (wd / "theirs.txt").write_text("made on the instance meanwhile\n")
-                caught = proc.poll() is None
-                break
-            time.sleep(0.002)
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err.decode()
-        if caught:
-            break
-        subprocess.run(["rm", "-rf", str(wd)], check=True)  # it finished first: start over, empty again
-        subprocess.run(["rm", "-rf", str(plain / ".ferry" / "sync")])
-    assert caught, "the workdir never got its file during the copy"
+
+    def make_theirs(proc) -> bool:
+        wd.mkdir(parents=True, exist_ok=True)
+        (wd / "theirs.txt").write_text("made on the instance meanwhile\n")
+        return proc.poll() is None
+
+    proc = catch_a_first_copy_midway(plain, wd, make_theirs)
+    assert proc is not None, "the workdir never got its file during the copy"
+    assert proc.returncode == 0, proc.errors  # type: ignore[attr-defined]
     assert (wd / "theirs.txt").read_text() == "made on the instance meanwhile\n"
     assert {k: v for k, v in digest(wd).items() if k != "theirs.txt"} == digest(plain)
-    assert list(wd.parent.glob(f".{wd.name}.ferry-copy-*")) == [], "the dropped staging copy is gone"
+    assert staged(wd) == [], "the dropped staging copy is gone"
 
 
 # -- 8, 9. records of the wrong shape ----------------------------------------------------------------------
