@@ -71,24 +71,29 @@ class FirstCopy:
         return (f"T={shlex.quote(self.target)}; R=$(readlink -f -- \"$T\" 2>/dev/null) || R=$T; [ -n \"$R\" ] || R=$T; "
                 "P=\"${R%/*}/.${R##*/}.ferry-copy-\"")
 
+    # These scripts glob, which a zsh login shell refuses to do for a pattern that matches nothing: they run
+    # under sh whatever the user's shell is.
     def _receive_command(self) -> str:
         """Clears what earlier copies left (their tar gone: killed, or cut off), then fills a staging directory."""
-        return (self._shell_paths() + "; mkdir -p \"${R%/*}\" && for D in \"$P\"*; do [ -d \"$D\" ] || continue; "
-                "case ${D##*-} in ''|*[!0-9]*) continue;; esac; kill -0 \"${D##*-}\" 2>/dev/null || rm -rf \"$D\"; done; "
-                f"S=\"${{P}}{self.suffix}-$$\"; mkdir \"$S\" && exec tar -xpf - -C \"$S\"")
+        script = (self._shell_paths() + "; mkdir -p \"${R%/*}\" && for D in \"$P\"*; do [ -d \"$D\" ] || continue; "
+                  "case ${D##*-} in ''|*[!0-9]*) continue;; esac; kill -0 \"${D##*-}\" 2>/dev/null || rm -rf \"$D\"; "
+                  f"done; S=\"${{P}}{self.suffix}-$$\"; mkdir \"$S\" && exec tar -xpf - -C \"$S\"")
+        return "exec sh -c " + shlex.quote(script)
 
     def into_place(self) -> str:
         """Shell (run by the record's write, once the record is found current): the staging directory becomes
         the workdir, or it is removed and the write called off (STALE) if the workdir got files meanwhile."""
-        return (self._shell_paths() + f"; S=; for D in \"${{P}}{self.suffix}-\"*; do S=$D; done; "
-                f"[ -d \"$S\" ] && mv -T \"$S\" \"$R\" 2>/dev/null || "
-                f"{{ rm -rf \"${{P}}{self.suffix}-\"*; printf 'stale: the workdir is no longer empty'; exit {STALE}; }}")
+        script = (self._shell_paths() + f"; S=; for D in \"${{P}}{self.suffix}-\"*; do S=$D; done; "
+                  f"[ -d \"$S\" ] && mv -T \"$S\" \"$R\" 2>/dev/null || "
+                  f"{{ rm -rf \"${{P}}{self.suffix}-\"*; printf 'stale: the workdir is no longer empty'; exit {STALE}; }}")
+        return "sh -c " + shlex.quote(script)
 
     def discard(self) -> None:
         """Remove the staging directory (best effort: the next first copy clears what this could not)."""
         if self._started:
             try:
-                self.remote.run(self._shell_paths() + f'; rm -rf "${{P}}{self.suffix}-"*', check=False, timeout=60)
+                self.remote.run("sh -c " + shlex.quote(self._shell_paths() + f'; rm -rf "${{P}}{self.suffix}-"*'),
+                                check=False, timeout=60)
             except Exception:  # noqa: BLE001 - the connection may be what failed
                 pass
 
