@@ -296,7 +296,7 @@ class _Up:
             return False
         try:
             pending.complete()
-        except ManifestChanged:
+        except BaseException:  # called off (someone else's files), or failed: the staging copy goes too
             first.discard()
             raise
         result.files, result.bytes, result.sent = len(self.fs.files), self.fs.total_bytes, sorted(self.fs.files)
