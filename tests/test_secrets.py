@@ -79,3 +79,15 @@ def test_the_rules_prefilter_matches_exactly_what_its_rules_match():
     for path in paths:
         one_by_one = any(re.search(s, path) for s in sources)
         assert (prefilter.search(path) is not None) == one_by_one, path
+
+
+def test_which_names_are_read_for_secrets():
+    """No extension, a dotfile, or an extension keys are kept under; never a file too big to be a key."""
+    from ferry.heldback import SNIFF_MAX, worth_sniffing
+
+    read = ["id", "deploy/id_ed25519", ".env", "conf/.env", "a/b.c/key", "k.PEM", "x/y.json", "secrets.txt",
+            "creds.d/token", "."]
+    skipped = ["train.py", "a.b/model.pt", "data.csv", "x/.env.py", "img.png", "a."]
+    assert [p for p in read if not worth_sniffing(p, 100)] == []
+    assert [p for p in skipped if worth_sniffing(p, 100)] == []
+    assert not worth_sniffing(".env", SNIFF_MAX + 1)

@@ -285,7 +285,8 @@ def _scan_git(fs: FileSet, prefix: str, spec, trusted: AbstractSet[str], depth: 
     listing = _git_names(fs.root / prefix if prefix else fs.root,
                          "ls-files", "-z", "--cached", "--others", "--exclude-standard")
     base = os.fspath(fs.root) + "/"
-    lstat = os.lstat
+    lstat, files, S_ISREG, S_ISLNK = os.lstat, fs.files, stat.S_ISREG, stat.S_ISLNK  # the loop runs per file
+    excluded = spec.excluded if spec is not None else None
     nested = []
     for name in listing:
         path = prefix + name.rstrip("/") if prefix or name[-1:] == "/" else name
@@ -296,9 +297,9 @@ def _scan_git(fs: FileSet, prefix: str, spec, trusted: AbstractSet[str], depth: 
         except (FileNotFoundError, NotADirectoryError):
             continue  # still in git's index, deleted on disk: not part of what we send
         mode = st.st_mode
-        if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
-            if _keep(path, spec, trusted):
-                fs.files[path] = found = (st.st_size, st.st_mtime_ns, mode)
+        if S_ISREG(mode) or S_ISLNK(mode):
+            if excluded is None or path in trusted or not excluded(path):  # as _keep, inline
+                files[path] = found = (st.st_size, st.st_mtime_ns, mode)
                 if admit is not None:
                     admit(path, found)
             else:

@@ -138,11 +138,12 @@ def translations(lines: list[str]) -> list[tuple[str | None, bool]]:
 
 
 def worth_sniffing(path: str, size: int) -> bool:
+    """Small, and named as a key could be: no extension, a dotfile (``.env``), or an extension keys use."""
     if size > SNIFF_MAX:
         return False
-    name = path.rsplit("/", 1)[-1]
-    stem, dot, ext = name.rpartition(".")
-    return not dot or not stem or ext.lower() in SNIFF_EXTENSIONS
+    dot = path.rfind(".")
+    slash = path.rfind("/")
+    return dot <= slash + 1 or path[dot + 1:].lower() in SNIFF_EXTENSIONS
 
 
 def looks_secret(full_path: str) -> bool:
@@ -177,7 +178,7 @@ def held_for_content(root: str, path: str, st: tuple[int, int, int], previous: M
     """One file of :func:`sniff`: new or changed, a secret by its content, and not sent on purpose."""
     if previous.get(path) == st or not worth_sniffing(path, st[0]):
         return False
-    return looks_secret(os.path.join(root, path)) and not (matcher is not None and matcher.sent_on_purpose(path))
+    return looks_secret(root + "/" + path) and not (matcher is not None and matcher.sent_on_purpose(path))
 
 
 def groups(matcher: Matcher | None, files: Iterable[str], dirs: Iterable[str]) -> dict[str, list[str]]:
