@@ -175,6 +175,8 @@ def test_the_record_on_the_instance_drives_deletion_when_the_local_one_is_lost(l
     launched.ok("sync")
     assert not (workdir_of(home) / "notes.md").exists()
     assert (workdir_of(home) / "train.py").exists()
+    # this sync's first copy began streaming before it learnt the workdir was not empty: nothing of it is left
+    assert list(workdir_of(home).parent.glob(".proj.ferry-copy-*")) == []
 
 
 def test_full_restores_files_removed_on_the_instance(launched, project, home):

@@ -10,9 +10,11 @@ A copy cut short (kill -9, a dropped connection, a full disk) never shows in
 the workdir: the next sync finds it still empty and copies again, clearing
 first any staging directory whose tar is gone.
 
-Whether the workdir is empty is what the record fetch, which runs during the
-scan, answers: until then names wait in memory, and if the workdir holds
-anything nothing is sent here (the sync then compares as it always has).
+The stream starts before the record fetch (which runs during the scan) has
+said whether the workdir is empty, as it usually is, when an ssh master
+connection is up for both to share; the archive cannot end before that answer. If the workdir holds anything, the stream stops, the few
+ms of it that landed in a staging directory are removed, and the sync
+compares file by file as it always has.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class FirstCopy:
         self._procs: list[subprocess.Popen] = []
         self._errs: list = []  # temporary files holding tar's and ssh's stderr
         self._started = False
+        self._called_off = False  # the fetch found files in the workdir: the stream was stopped
         self._told_all = False  # the feeder has seen the end of the names
         self._pumping: threading.Thread | None = None  # with a progress bar: tar's archive through us to ssh
         self._feeder = threading.Thread(target=self._feed, daemon=True, name="ferry-first-copy")
@@ -100,17 +103,37 @@ class FirstCopy:
     # -- the stream --------------------------------------------------------------------------------------------
     def _feed(self) -> None:
         try:
-            try:
-                occupied = self.fetched.result()[0]
-            except BaseException:  # noqa: BLE001 - whoever reads the fetch next raises its error
-                occupied = True
-            if not occupied:
-                self._start()
+            # Before the fetch answers (an empty workdir is the usual case), if a master connection is up for both
+            # to share; without one, two ssh at once would each open a connection of their own.
+            if not self.remote.control_path().exists() and self._occupied(wait=True):
+                self._called_off = True  # nothing started: the names are only heard out
+                while self._names.get() is not None:
+                    pass
+                self._told_all = True
+                return
+            self._start()
             self._write_names()
         except BaseException as exc:  # noqa: BLE001 - raised again by finish()
             self._error = exc
             while not self._told_all and self._names.get() is not None:  # the rest of the names, unheeded
                 pass
+
+    def _occupied(self, wait: bool) -> bool | None:
+        """Whether the fetch found the workdir holding anything (None: not answered yet; True if it failed, as
+        whoever reads the fetch next raises its error)."""
+        if not wait and not self.fetched.done():
+            return None
+        try:
+            return bool(self.fetched.result()[0])
+        except BaseException:  # noqa: BLE001
+            return True
+
+    def _call_off(self) -> None:
+        """The workdir was not empty: stop the stream (a few ms of it went into a staging directory)."""
+        self._called_off = True
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.kill()
 
     def _start(self) -> None:
         import tempfile
@@ -132,7 +155,8 @@ class FirstCopy:
         self._started = True
 
     def _write_names(self) -> None:
-        sink = self._procs[0].stdin if self._started else None
+        sink = self._procs[0].stdin
+        settled = False  # the fetch has answered
         while True:
             name = self._names.get()
             batch = []
@@ -143,6 +167,12 @@ class FirstCopy:
                 except queue.Empty:
                     name = ""  # more to come: write these first
                     break
+            if not settled:  # the archive may end only once the answer is in: the last names wait for it
+                occupied = self._occupied(wait=name is None)
+                settled = occupied is not None
+                if occupied:
+                    self._call_off()
+                    sink = None
             if sink is not None and batch:
                 try:
                     sink.write(b"".join(batch))
@@ -152,7 +182,7 @@ class FirstCopy:
             if name is None:
                 self._told_all = True
                 break
-        if self._started:
+        if not self._called_off:
             try:
                 self._procs[0].stdin.close()  # type: ignore[union-attr]
             except BrokenPipeError:
@@ -180,12 +210,17 @@ class FirstCopy:
 
     def finish(self) -> bool:
         """Wait for the stream: True once every file is in the staging directory, False if the workdir was not
-        empty (nothing was sent). A failed stream raises; so does Ctrl-C, after stopping tar and ssh."""
+        empty (the stream was stopped, its staging directory removed). A failed stream raises; so does Ctrl-C,
+        after stopping tar and ssh."""
         try:
             self._feeder.join()
             if self._error is not None:
                 raise self._error
-            if not self._started:
+            if self._called_off:
+                for proc in self._procs:
+                    proc.wait()
+                self._close_errs()
+                self.discard()
                 return False
             maker, taker = self._procs
             code = taker.wait()
@@ -199,8 +234,7 @@ class FirstCopy:
         for f in self._errs:
             f.seek(0)
         made_err, err = tar_err.read(), ssh_err.read()
-        for f in self._errs:
-            f.close()
+        self._close_errs()
         if made not in (0, 1):  # 1: a file changed while it was read; the next sync sends it again
             self.discard()
             raise FerryError(f"tar failed (exit {made}): {made_err.decode(errors='replace').strip()[:300]}",
@@ -209,6 +243,10 @@ class FirstCopy:
             self.discard()
             raise_for(code, err, self.remote, what="tar on the instance")
         return True
+
+    def _close_errs(self) -> None:
+        for f in self._errs:
+            f.close()
 
     def abort(self) -> None:
         """Stop tar and ssh at once (Ctrl-C, a failed scan), and let the staging directory go."""

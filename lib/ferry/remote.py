@@ -72,10 +72,13 @@ class Remote:
         return known_hosts.path(self.home)
 
     # OpenSSH ------------------------------------------------------------------
+    def control_path(self) -> Path:
+        """The ControlMaster socket every ssh to this endpoint shares (it exists while a master lives)."""
+        return control_dir(self.home) / sha1(f"{self.endpoint.user}@{self.endpoint.host}:{self.endpoint.port}".encode()
+                                             ).hexdigest()[:16]
+
     def ssh_options(self) -> list[str]:
-        control = control_dir(self.home) / sha1(
-            f"{self.endpoint.user}@{self.endpoint.host}:{self.endpoint.port}".encode()
-        ).hexdigest()[:16]
+        control = self.control_path()
         strict = "accept-new" if self.first_contact else "yes"
         opts = {
             "IdentityFile": str(self.key),
