@@ -12,9 +12,10 @@ first any staging directory whose tar is gone.
 
 The stream starts before the record fetch (which runs during the scan) has
 said whether the workdir is empty, as it usually is, when an ssh master
-connection is up for both to share; the archive cannot end before that answer. If the workdir holds anything, the stream stops, the few
-ms of it that landed in a staging directory are removed, and the sync
-compares file by file as it always has.
+connection is up for both to share; the archive cannot end before that
+answer. If the workdir holds anything, the stream stops, the few ms of it
+that landed in a staging directory are removed, and the sync compares file
+by file as it always has.
 """
 
 from __future__ import annotations
@@ -29,15 +30,12 @@ from typing import TYPE_CHECKING
 
 from .errors import FerryError
 from .manifest import STALE
-from .rsync import gnu_tar, raise_for
+from .rsync import TAR_FLAGS, gnu_tar, raise_for
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
     from .remote import Remote
-
-TAR_FLAGS = ["--format=posix", "--pax-option=delete=atime,delete=ctime", "--numeric-owner", "--owner=0",
-             "--group=0", "--ignore-failed-read"]
 
 
 class FirstCopy:

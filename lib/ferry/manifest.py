@@ -234,12 +234,7 @@ class RemoteManifest:
             token, _, data = update.payload.partition(b"\n")
             store = f'cat >> "$m" && printf "ferry-manifest 1 %s\\n" {shlex.quote(token.decode())} ' \
                     f'| dd of="$m" conv=notrunc status=none'
-        command = (
-            f"m={self._path_sh}; cur=; "
-            f'if [ -f "$m" ]; then IFS= read -r cur < "$m" || true; fi; '
-            f'case "$cur" in "ferry-manifest 1 "*) cur=${{cur#ferry-manifest 1 }};; *) cur=;; esac; '
-            f'[ "$cur" = {shlex.quote(expect)} ] || {{ printf "stale %s" "$cur"; exit {STALE}; }}; ' + store
-        )
+        command = f"m={self._path_sh}; " + _unless_stale(expect) + store
         proc = self.remote.run(command, input=data, check=False)
         self._check(proc, "record what was sent")
 
@@ -252,10 +247,7 @@ class RemoteManifest:
         command = (
             f"m={self._path_sh}; t=\"$m.tmp.$$\"; trap 'rm -f \"$t\"' EXIT; "
             f'mkdir -p "$(dirname "$m")" && cat > "$t" && [ "$(wc -c < "$t")" -eq {len(update.payload)} ] || exit 1; '
-            f'cur=; IFS= read -r cur 2>/dev/null < "$m" || true; '
-            f'case "$cur" in "ferry-manifest 1 "*) cur=${{cur#ferry-manifest 1 }};; *) cur=;; esac; '
-            f'[ "$cur" = {shlex.quote(expect)} ] || {{ printf "stale %s" "$cur"; exit {STALE}; }}; '
-            f'{{ {before}; }} && mv -f "$t" "$m"'
+            + _unless_stale(expect) + f'{{ {before}; }} && mv -f "$t" "$m"'
         )
         return PendingWrite(self, command, update.payload)
 
@@ -309,6 +301,13 @@ class RemoteManifest:
                 + (f": {detail[-1]}" if detail else ""),
                 hint=f"check the instance: {cmd(f'ssh --name {self.remote.instance.name}')}",
             )
+
+
+def _unless_stale(expect: str) -> str:
+    """Shell that exits STALE, saying so, unless the record at ``$m`` still has the token ``expect``."""
+    return ('cur=; if [ -f "$m" ]; then IFS= read -r cur < "$m" || true; fi; '
+            'case "$cur" in "ferry-manifest 1 "*) cur=${cur#ferry-manifest 1 };; *) cur=;; esac; '
+            f'[ "$cur" = {shlex.quote(expect)} ] || {{ printf "stale %s" "$cur"; exit {STALE}; }}; ')
 
 
 class PendingWrite:

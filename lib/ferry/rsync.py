@@ -168,6 +168,10 @@ def rule_file(rules: Sequence[str]) -> str:
     return path
 
 
+# A first copy's archive: mtimes to the ns (pax), no atime/ctime noise, no local owners, unreadable files skipped.
+TAR_FLAGS = ["--format=posix", "--pax-option=delete=atime,delete=ctime", "--numeric-owner", "--owner=0",
+             "--group=0", "--ignore-failed-read"]
+
 _GNU_TAR: list[str | None] = []
 
 
@@ -203,9 +207,7 @@ def tar_stream(project: Path, paths: Sequence[str], total: int, remote: "Remote"
     try:
         with tempfile.TemporaryFile() as tar_err:
             maker = subprocess.Popen(
-                [tar, "-cf", "-", "--format=posix", "--pax-option=delete=atime,delete=ctime",
-                 "--numeric-owner", "--owner=0", "--group=0", "--ignore-failed-read",
-                 "--null", "--verbatim-files-from", "-T", listing],
+                [tar, "-cf", "-", *TAR_FLAGS, "--null", "--verbatim-files-from", "-T", listing],
                 cwd=project, stdout=subprocess.PIPE, stderr=tar_err, stdin=subprocess.DEVNULL,
             )
             assert maker.stdout is not None
