@@ -133,6 +133,7 @@ def big_rows(*, home: Path, env: dict, ferry: str, repeat: int, n_files: int, ro
             return rel
 
         sent: set[int] = set()
+        journaled: list[bool] = []
 
         def ferry_one() -> float:
             touch_one()
@@ -144,6 +145,7 @@ def big_rows(*, home: Path, env: dict, ferry: str, repeat: int, n_files: int, ro
 
             ms = in_process(call)
             sent.add(result.files)
+            journaled.append(result.journal)
             return ms
 
         def floor_one() -> float:
@@ -155,6 +157,8 @@ def big_rows(*, home: Path, env: dict, ferry: str, repeat: int, n_files: int, ro
         a, b = side_by_side(repeat, ferry_one, floor_one)
         rows.append(Row(f"one changed file of {k} (in-process)", "rsync -lpt of that one file (same ssh)", a, b, goal=3.0))
         checks.append(f"{k}: files ferry sent per one-file change: {sorted(sent)} (expect [1])")
+        checks.append(f"{k}: one-file changes found by the change journal (not a full scan): "
+                      f"{sum(journaled)} of {len(journaled)} (the first syncs start its daemon and scan)")
 
         # no-op, in-process and whole command, with the peak memory of the whole command -----------------------
         raw = [rsync, "-rlpt", "--exclude=.git/", "--exclude=/.ferry/", "-e", rsh, f"{project}/", f"{host}{wd}/"]
@@ -172,13 +176,13 @@ def big_rows(*, home: Path, env: dict, ferry: str, repeat: int, n_files: int, ro
                 result = box.sync(progress=False)
 
             ms = in_process(call)
-            hows.add(f"{result.how}:{result.files}")
+            hows.add(f"{result.how}:{result.files}{':journal' if result.journal else ''}")
             return ms
 
         a, b = side_by_side(repeat, ferry_noop, lambda: timed(raw, timeout=300)[0])
         rows.append(Row(f"no-op sync, {k} files (in-process)", "rsync -rlpt no-op, same excludes (same ssh)", a, b,
                         goal=0.3))
-        checks.append(f"{k}: in-process no-op syncs took the path(s): {sorted(hows)} (expect unchanged:0)")
+        checks.append(f"{k}: in-process no-op syncs took the path(s): {sorted(hows)} (expect unchanged:0:journal, the change journal's answer)")
 
         rss: list[float] = []
         floor_rss: list[float] = []
@@ -219,5 +223,8 @@ def big_rows(*, home: Path, env: dict, ferry: str, repeat: int, n_files: int, ro
                              f"from the initial-sync row's floor runs"))
     finally:
         if launched:
+            from ferry import journal
+
+            journal.stop(project)  # the change journal's daemon the large project's syncs started, by its pid
             for note in H.terminate(project, env, ferry, "q", remote):
                 print(f"cleanup: {note}", file=sys.stderr)

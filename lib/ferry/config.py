@@ -34,6 +34,9 @@ GENERAL_DEFAULTS: dict[str, Any] = {
     "launch_timeout": 600,
     "jobs_kept": 200,  # job directories kept on an instance (the newest; a running job is never removed)
     "run": {"sync": True},  # `run` first syncs a project that changed since the last sync (no network when it did not)
+    # A project with at least this many files to sync keeps a daemon watching it (inotify, Linux), so a sync
+    # asks it what changed instead of looking at every file; 0 turns it off.
+    "sync": {"journal_min_files": 20000},
     # A plain download brings what the run produced, less environments and caches, up to max_size;
     # include/exclude (gitignore syntax) shape it.
     "download": {"max_size": "2G", "include": [], "exclude": []},
@@ -170,6 +173,10 @@ class Settings:
     @property
     def launch_timeout(self) -> float:
         return float(self.data.get("launch_timeout") or 600)
+
+    @property
+    def sync_journal_min_files(self) -> int:
+        return int((self.data.get("sync") or {}).get("journal_min_files") or 0)
 
     @property
     def ssh_config(self) -> str | None:

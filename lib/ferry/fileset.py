@@ -223,6 +223,33 @@ def _matcher(lines: list[str], user_from: int) -> Matcher | None:
     return Matcher(lines, user_from)
 
 
+def rules(root: Path) -> tuple[bool, list[str], int, str]:
+    """(in git, the rule lines, where the user's own lines start, a hash naming the lot): what decides the set."""
+    git = in_git(root)
+    # Outside git the defaults stand in for .gitignore; inside, git decides but secrets stay home.
+    base = SECRET_EXCLUDES if git else DEFAULT_EXCLUDES
+    lines = [*base, *_ignore_lines(root)]
+    spec_hash = sha1(("git\n" if git else "plain\n").encode() + "\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return git, lines, len(base), spec_hash
+
+
+def never_sent(path: str) -> bool:
+    """``.git`` and the project's ``.ferry/``: whatever the rules say."""
+    return path[:4] == ".git" and (path == ".git" or path[4] == "/") or \
+        path[:6] == ".ferry" and (path == ".ferry" or path[6] == "/")
+
+
+def plain_reached(path: str, spec: Matcher | None) -> bool:
+    """Outside git: whether the walk reaches ``path`` (no directory above it is excluded)."""
+    cut = path.find("/")
+    while cut > 0:
+        parent = path[:cut]
+        if parent == ".ferry" or (spec is not None and spec.excluded(parent + "/")):
+            return False
+        cut = path.find("/", cut + 1)
+    return True
+
+
 def scan(root: Path, known: AbstractSet[str] = frozenset(), known_spec: str | None = None,
          previous: Mapping[str, Stat] | None = None, on_file: Callable[[str, Stat], None] | None = None) -> FileSet:
     """The file set of ``root`` with stats.
@@ -233,13 +260,8 @@ def scan(root: Path, known: AbstractSet[str] = frozenset(), known_spec: str | No
     walk has found it and vetted it (rules and content): a first copy streams them while the walk goes on.
     """
     root = Path(root)
-    git = in_git(root)
-    user_lines = _ignore_lines(root)
-    # Outside git the defaults stand in for .gitignore; inside, git decides but secrets stay home.
-    base = SECRET_EXCLUDES if git else DEFAULT_EXCLUDES
-    lines = [*base, *user_lines]
-    spec_hash = sha1(("git\n" if git else "plain\n").encode() + "\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()[:16]
-    spec = _matcher(lines, len(base))
+    git, lines, user_from, spec_hash = rules(root)
+    spec = _matcher(lines, user_from)
     trusted = known if known_spec == spec_hash else frozenset()
     fs = FileSet(root=root, git=git, files={}, spec_hash=spec_hash)
     by_content: list[str] = []

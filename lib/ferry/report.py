@@ -44,6 +44,7 @@ class SyncResult:
     dry_run: bool = False
     warnings: list[str] = field(default_factory=list)
     fileset: FileSet | None = field(default=None, repr=False, compare=False)  # up: the set that was synced
+    journal: bool = False  # up: the set came from the change journal (journal.py), not a scan of every file
 
     def summary(self, verb: str) -> str:
         text = f"{verb} {self.files} file{_s(self.files)} ({_human(self.bytes)}) in {self.seconds:.3f}s"

@@ -17,9 +17,10 @@ import shlex
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, AbstractSet, Iterable, Sequence
 
 from .errors import FerryError, RemoteCommandError
+from .fileset import rsync_literal
 from .output import TransferBar
 from .tools import require, which
 
@@ -259,3 +260,23 @@ def _pump(source, remote: "Remote", remote_cmd: str, total: int) -> tuple[int, b
         raise
     finally:
         bar.close()
+
+
+def skip_rules(skip: Iterable[str], files: AbstractSet[str]) -> list[str]:
+    """Anchored excludes for ``skip``: a directory holding none of the other ``files`` goes as one rule."""
+    skip = list(skip)
+    if not skip:
+        return []
+    busy: set[str] = set()  # every directory holding one of the other files
+    for path in set(files).difference(skip):
+        i = path.find("/")
+        while i > 0:
+            busy.add(path[:i])
+            i = path.find("/", i + 1)
+    rules: dict[str, None] = {}
+    for path in skip:
+        i = path.find("/")
+        while i > 0 and path[:i] in busy:
+            i = path.find("/", i + 1)
+        rules["/" + rsync_literal(path[:i]) + "/" if i > 0 else "/" + rsync_literal(path)] = None
+    return list(rules)

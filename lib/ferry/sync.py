@@ -49,7 +49,7 @@ import time
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, AbstractSet, Iterable, Sequence
 
-from . import fileset, rsync
+from . import fileset, journal, rsync
 from .errors import FerryError, UsageError, cmd
 from .fileset import DEFAULT_EXCLUDES, FileSet, Stat
 from .localrecord import COMPACT_AFTER, LocalRecord
@@ -84,26 +84,6 @@ def progress_wanted(progress: bool | None) -> bool:
     return sys.stderr.isatty() if progress is None else progress
 
 
-def _skip_rules(skip: Iterable[str], files: AbstractSet[str]) -> list[str]:
-    """Anchored excludes for ``skip``: a directory holding none of the other ``files`` goes as one rule."""
-    skip = list(skip)
-    if not skip:
-        return []
-    busy: set[str] = set()  # every directory holding one of the other files
-    for path in set(files).difference(skip):
-        i = path.find("/")
-        while i > 0:
-            busy.add(path[:i])
-            i = path.find("/", i + 1)
-    rules: dict[str, None] = {}
-    for path in skip:
-        i = path.find("/")
-        while i > 0 and path[:i] in busy:
-            i = path.find("/", i + 1)
-        rules["/" + fileset.rsync_literal(path[:i]) + "/" if i > 0 else "/" + fileset.rsync_literal(path)] = None
-    return list(rules)
-
-
 class _Up:
     """One upload: the scan, the local record, the instance's record, and the transfers between them."""
 
@@ -136,10 +116,19 @@ class _Up:
             from . import firstcopy
 
             self.first = firstcopy.FirstCopy(self.remote, self.project, self.target, self._prefetched, progress)
+        def full_scan() -> FileSet:
+            return fileset.scan(self.project, known, self.record.spec_hash,
+                                previous=self.record.files if self.record.valid else None,
+                                on_file=self.first.add if self.first is not None else None)
+
+        # In a large project a daemon may know what changed since the last sync (journal.py): no full scan then.
+        self.answer: "journal.Answer | None" = None
+        self.journaled = False
         try:
-            self.fs: FileSet = fileset.scan(self.project, known, self.record.spec_hash,
-                                            previous=self.record.files if self.record.valid else None,
-                                            on_file=self.first.add if self.first is not None else None)
+            if self.first is None and not compare:
+                self.fs, self.answer, self.journaled = journal.scan(self.project, self.record, full_scan)
+            else:
+                self.fs = full_scan()
         except BaseException:
             if self.first is not None:
                 self.first.abort()
@@ -377,7 +366,7 @@ class _Up:
 
     def _rsync_tree(self, done: Sent, how: str, skip: Iterable[str] = (), dry_run: bool = False) -> None:
         """One recursive rsync of the file set (less ``skip``), driven by the file set's exclude rules."""
-        rules = rsync.rule_file([*self.fs.exclude_rules(), *_skip_rules(skip, self.fs.files)])
+        rules = rsync.rule_file([*self.fs.exclude_rules(), *rsync.skip_rules(skip, self.fs.files)])
         try:
             argv = [rsync.rsync_binary(), *RSYNC_FLAGS, "--prune-empty-dirs", "--from0", f"--exclude-from={rules}",
                     "-e", self.remote.rsync_rsh(), *self._guard_args(how, dry_run),
@@ -443,7 +432,9 @@ def upload(box: "Box", dry_run: bool = False, delete: str = "sent", full: bool =
                         f"another sync to {box.name} kept changing its record of sent files",
                         hint=f"let the other sync finish, then run: {cmd('sync')}",
                     ) from None
-    result.fileset = up.fs
+    result.fileset, result.journal = up.fs, up.journaled
+    if not dry_run:
+        journal.settle(up.record, up.fs, up.answer, box.settings.sync_journal_min_files)
     result.seconds = time.monotonic() - started
     if announce:
         report(result, "would send" if dry_run else "synced", verbose=verbose)

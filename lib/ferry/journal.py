@@ -1,0 +1,274 @@
+"""The change journal, as a sync uses it: the file set rebuilt from the last sync plus what changed since.
+
+In a project of ``sync.journal_min_files`` files or more (20,000 by
+default), a sync leaves a daemon behind (journald.py) that watches the tree.
+The next sync asks it which paths changed since the sync before, and builds
+the file set from the local record of that sync (which holds the whole set
+with stats) and those paths alone: each is stat'ed, tested against the
+rules and, if new to the set, put to git (one ``ls-files`` limited to those
+paths). The daemon's answer is the only thing trusted, and only when:
+
+* the record is the one this journal state was saved with (same token),
+  and the rules (``.ferryignore``, ferry's defaults) are the same;
+* the daemon that answers is the one that answered then, still holding
+  every change since (it says "look at everything" after anything it may
+  have missed: an overflow, a moved directory, a changed ``.gitignore``);
+* at most ``LIST_LIMIT`` paths changed, in a single repository (no
+  submodule, no new nested one).
+
+Anything else, and the sync scans the whole tree as it always did. What
+inotify cannot see is missed until ``sync --full``: a write through a hard
+link from outside the tree or through a shared mmap, or a change another
+machine makes on a network file system. State
+lives beside the record: ``.ferry/sync/<key>.journal`` (marshal; any damage
+just means a full scan). Linux only (inotify); elsewhere syncs always scan.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import marshal
+import os
+import select
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from . import fileset
+from .fileset import SECRET_EXCLUDES, FileSet
+from .heldback import Matcher, groups, held_for_content
+
+if TYPE_CHECKING:
+    from .localrecord import LocalRecord
+
+LIST_LIMIT = 1000  # more changed paths than this and a full scan is about as cheap
+ASK_TIMEOUT = 1.0  # a daemon that does not answer within this is taken to be away: the sync scans
+IDLE = 3600  # the daemon exits after this many seconds without a question
+STATE_VERSION = 1
+JOURNAL_DIR = ".ferry/journal"  # the daemon's pid file and log, and where questions are asked
+
+
+@dataclass
+class Answer:
+    ident: str  # the daemon's, new each time one starts
+    epoch: int  # this answer's number: the next question asks for what changed after it
+    paths: list[str] | None  # changed since the asker's epoch ("dir/" for a removed directory); None: look at all
+
+
+def supported(root: Path) -> bool:
+    """inotify, and the project is its repository's top (or not in git): every rule file is inside the tree."""
+    return sys.platform.startswith("linux") and ((root / ".git").is_dir() or not fileset.in_git(root))
+
+
+def _pid_file(root: Path) -> Path:
+    return root / JOURNAL_DIR / "pid"
+
+
+def daemon_pid(root: Path) -> int | None:
+    """The pid of the project's daemon while one holds its lock, else None."""
+    try:
+        fd = os.open(_pid_file(root), os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        return int(text) if text.isdigit() else None
+    else:
+        return None
+    finally:
+        os.close(fd)
+
+
+def start(root: Path) -> None:
+    """Start the project's daemon in the background (it exits at once if one runs already)."""
+    state = root / JOURNAL_DIR
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(state / "log", "ab") as log:  # sh puts it in the background and exits: no child left to reap
+        subprocess.run(["/bin/sh", "-c", 'exec "$0" "$@" &', sys.executable, "-m", "ferry.journald", os.fspath(root),
+                        str(IDLE)], cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+                       start_new_session=True, check=False)
+
+
+def stop(root: Path, timeout: float = 5.0) -> None:
+    """Stop the project's daemon by its pid and wait for it to let go of its lock."""
+    import signal
+    import time
+
+    pid = daemon_pid(root)
+    if pid is None:
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while daemon_pid(root) is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def ask(root: Path, ident: str = "none", since: int | None = None) -> Answer | None:
+    """What changed since answer ``since`` of daemon ``ident``; None when no daemon answers."""
+    directory = root / JOURNAL_DIR
+    nonce = os.urandom(6).hex()
+    waiting = directory / f".q-{nonce}"
+    try:
+        os.mkfifo(waiting, 0o600)
+    except OSError:
+        return None
+    fd = -1
+    try:
+        fd = os.open(waiting, os.O_RDONLY | os.O_NONBLOCK)
+        asked = directory / f"ask-{nonce}-{ident}-{'x' if since is None else since}"
+        os.rename(waiting, asked)  # the question: an event ordered after every change made before it
+        waiting = asked
+        chunks: list[bytes] = []
+        end = os.times().elapsed + ASK_TIMEOUT
+        while True:
+            left = end - os.times().elapsed
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return None
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    except OSError:
+        return None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        try:
+            os.unlink(waiting)
+        except OSError:
+            pass
+    try:
+        ident, epoch, paths = marshal.loads(b"".join(chunks))
+    except (ValueError, EOFError, TypeError):
+        return None
+    return Answer(ident, epoch, paths)
+
+
+# -- the state saved with each record -----------------------------------------------------------------
+def _state_path(record: "LocalRecord") -> Path:
+    return record.path.with_suffix(".journal")
+
+
+def remember(record: "LocalRecord", fs: FileSet, answer: Answer) -> None:
+    """After a sync: the answer it started from, with the file set's parts the record does not hold."""
+    body = (STATE_VERSION, record.token, answer.ident, answer.epoch, fs.spec_hash, fs.git, fs.repos, fs.dropped,
+            fs.dropped_dirs, fs.specials, fs.held_secrets, fs.held)
+    path = _state_path(record)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    try:
+        tmp.write_bytes(marshal.dumps(body))
+        os.replace(tmp, path)
+    except OSError:
+        forget(record)
+
+
+def forget(record: "LocalRecord") -> None:
+    try:
+        _state_path(record).unlink()
+    except OSError:
+        pass
+
+
+def _state(record: "LocalRecord") -> tuple | None:
+    try:
+        body = marshal.loads(_state_path(record).read_bytes())
+    except (OSError, ValueError, EOFError, TypeError):
+        return None
+    if not (isinstance(body, tuple) and len(body) == 12 and body[0] == STATE_VERSION and body[1] == record.token):
+        return None
+    return body
+
+
+def settle(record: "LocalRecord", fs: FileSet, answer: Answer | None, min_files: int) -> None:
+    """After a sync that succeeded: save what the next one asks from, and start a daemon if the set is large."""
+    if answer is not None:
+        remember(record, fs, answer)
+    else:
+        forget(record)
+    if min_files and len(fs.files) >= min_files and supported(fs.root) and daemon_pid(fs.root) is None:
+        start(fs.root)
+
+
+# -- the file set ---------------------------------------------------------------------------------------
+def scan(root: Path, record: "LocalRecord", full: Callable[[], FileSet]) -> tuple[FileSet, Answer | None, bool]:
+    """(the file set, the daemon's answer if any, whether it came from the journal rather than ``full()``)."""
+    if not supported(root) or daemon_pid(root) is None:
+        return full(), None, False
+    state = _state(record) if record.valid else None
+    answer = ask(root, state[2], state[3]) if state else ask(root)
+    if answer is not None and answer.paths is not None and state is not None and answer.ident == state[2]:
+        fs = updated(root, record, state, answer.paths)
+        if fs is not None:
+            return fs, answer, True
+    return full(), answer, False
+
+
+def updated(root: Path, record: "LocalRecord", state: tuple, paths: list[str]) -> FileSet | None:
+    """The last sync's file set with ``paths`` looked at again; None where only a full scan can tell."""
+    git, lines, user_from, spec_hash = fileset.rules(root)
+    _, _, _, _, was_spec, was_git, repos, dropped, dropped_dirs, specials, held_secrets, held = state
+    if spec_hash != was_spec or git != was_git or len(paths) > LIST_LIMIT or len(repos) > 1:
+        return None  # (a submodule's own index is outside what the daemon watches)
+    files = {**record.files, **record.kept} if record.kept else dict(record.files)
+    fs = FileSet(root=root, git=git, files=files, spec_hash=spec_hash, dropped=list(dropped),
+                 dropped_dirs=list(dropped_dirs), repos=list(repos), held_secrets=list(held_secrets), held=dict(held),
+                 specials=list(specials))
+    if not paths:
+        return fs
+    gone_dirs = [p for p in paths if p.endswith("/")]
+    touched = {p for p in paths if not p.endswith("/")}
+    if gone_dirs:
+        prefixes = tuple(gone_dirs)
+        touched.update(p for p in [*files, *fs.dropped] if p.startswith(prefixes))
+    if len(touched) > LIST_LIMIT:
+        return None
+    known = {p for p in touched if p in files} | set(fs.dropped).intersection(touched)
+    for path in touched:  # each is taken out, then put back as it is now
+        files.pop(path, None)
+    fs.dropped = [p for p in fs.dropped if p not in touched]
+    fs.specials = [p for p in fs.specials if p not in touched]
+    fs.held_secrets = [p for p in fs.held_secrets if p not in touched]
+    spec = fileset._matcher(lines, user_from)
+    unknown = sorted(p for p in touched - known if not fileset.never_sent(p))
+    members = sorted(known)
+    if unknown and git:
+        listed = fileset._git(root, "--literal-pathspecs", "ls-files", "-z", "--cached", "--others",
+                              "--exclude-standard", "--", *unknown)
+        members += [p for p in listed.split("\0") if p]
+    elif unknown:
+        members += [p for p in unknown if fileset.plain_reached(p, spec)]
+    secret = Matcher(list(SECRET_EXCLUDES), len(SECRET_EXCLUDES))
+    base = os.fspath(root) + "/"
+    for path in members:
+        try:
+            st = os.lstat(base + path)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        mode = st.st_mode
+        if stat.S_ISDIR(mode):
+            if git and os.path.lexists(base + path + "/.git"):
+                return None  # a new nested repository
+            continue
+        if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+            fs.dropped.append(path)
+            fs.specials.append(path)
+        elif spec is None or not spec.excluded(path):
+            found = (st.st_size, st.st_mtime_ns, mode)
+            if held_for_content(base[:-1], path, found, record.files, spec):
+                fs.dropped.append(path)
+                fs.held_secrets.append(path)
+            else:
+                files[path] = found
+        else:
+            fs.dropped.append(path)
+            if secret.excluded(path):
+                fs.held_secrets.append(path)
+    quiet = set(fs.held_secrets) | set(fs.specials)
+    fs.held = groups(spec, [p for p in fs.dropped if p not in quiet],
+                     [d for d in fs.dropped_dirs if d not in quiet and d != ".ferry"])
+    return fs

@@ -1,0 +1,151 @@
+"""The change journal: in a large project a daemon watches the tree, and a sync builds its file set from the last
+sync's record plus the paths the daemon saw change, sending exactly what a full scan would have sent."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+import ferry
+from ferry import fileset, journal
+
+from .conftest import git
+from .test_sync import workdir_of
+
+STARTED: list[int] = []  # every daemon pid a test saw, stopped by pid at its end
+KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----\n"
+
+
+@pytest.fixture
+def watched(launched, project, monkeypatch):
+    """The test project, launched, treated as large: its first sync leaves a daemon behind (stopped by its pid)."""
+    monkeypatch.setenv("INVOKE_FERRY_SYNC_JOURNAL_MIN_FILES", "1")
+    try:
+        yield launched
+    finally:
+        journal.stop(project)
+        for pid in STARTED:  # any the pid file no longer names
+            if running(pid):
+                os.kill(pid, signal.SIGTERM)
+        STARTED.clear()
+
+
+def box_of(project: Path):
+    return ferry.box(ferry.make_context({"project_dir": str(project)}))
+
+
+def sync(project: Path):
+    return box_of(project).sync(progress=False)
+
+
+def daemon_up(project: Path) -> int:
+    deadline = time.monotonic() + 15
+    while (pid := journal.daemon_pid(project)) is None:
+        assert time.monotonic() < deadline, "the journal daemon did not start"
+        time.sleep(0.02)
+    STARTED.append(pid)
+    return pid
+
+
+def settled(project: Path):
+    """The first syncs: one that starts the daemon, one full scan it answers for; then a journaled no-op."""
+    first = sync(project)
+    assert not first.journal
+    daemon_up(project)
+    second = sync(project)
+    assert not second.journal, "the first answer only says where to start from"
+    third = sync(project)
+    assert third.journal and third.how == "unchanged" and third.files == 0
+    return third
+
+
+def same_as_a_full_scan(project: Path, result) -> None:
+    full = fileset.scan(project)
+    assert result.fileset.files == full.files
+    assert sorted(result.fileset.held_secrets) == sorted(full.held_secrets)
+    assert sorted(result.fileset.dropped) == sorted(full.dropped)
+
+
+def test_a_sync_sends_what_the_journal_saw_change_and_exactly_what_a_scan_would(watched, project, home):
+    settled(project)
+    (project / "train.py").write_text("print('training, v2')\n")
+    (project / "src" / "new.py").write_text("NEW = 1\n")
+    (project / "notes.md").unlink()
+    (project / "pkg" / "deep").mkdir(parents=True)
+    (project / "pkg" / "deep" / "mod.py").write_text("DEEP = 1\n")
+    (project / "run.log").write_text("ignored by .gitignore\n")
+    (project / ".env").write_text("API_KEY=1\n")
+    (project / "key.txt").write_text(KEY)
+    (project / ".venv" / "lib" / "more.py").write_text("inside an ignored directory\n")
+    result = sync(project)
+    assert result.journal, "the change was found by asking the journal, not by scanning"
+    assert sorted(result.sent) == ["pkg/deep/mod.py", "src/new.py", "train.py"]
+    assert result.deleted == ["notes.md"]
+    remote = workdir_of(home)
+    assert (remote / "train.py").read_text() == "print('training, v2')\n"
+    assert (remote / "pkg" / "deep" / "mod.py").exists() and not (remote / "notes.md").exists()
+    for held in ("run.log", ".env", "key.txt", ".venv/lib/more.py"):
+        assert not (remote / held).exists(), held
+    assert {".env", "key.txt"} <= set(result.fileset.held_secrets)
+    same_as_a_full_scan(project, result)
+
+    again = sync(project)
+    assert again.journal and again.how == "unchanged"
+    os.chmod(project / "train.py", 0o755)  # a mode change alone is a change
+    shutil_target = project / "src" / "model.py"
+    shutil_target.unlink()
+    (project / "src" / "model.py").mkdir()  # a file that became a directory, with a file in it
+    (project / "src" / "model.py" / "inner.py").write_text("INNER = 1\n")
+    result = sync(project)
+    assert result.journal
+    assert sorted(result.sent) == ["src/model.py/inner.py", "train.py"]
+    assert os.stat(remote / "train.py").st_mode & 0o777 == 0o755
+    assert (remote / "src" / "model.py" / "inner.py").read_text() == "INNER = 1\n"
+    same_as_a_full_scan(project, result)
+
+
+def test_a_changed_rule_or_an_absent_daemon_means_a_full_scan_and_nothing_is_missed(watched, project, home):
+    settled(project)
+    (project / ".gitignore").write_text(".venv/\n*.log\nresults/\nnotes.md\n")
+    (project / "debug.log").write_text("still ignored, changed\n")
+    result = sync(project)
+    assert not result.journal, "a .gitignore change may change the whole set: the daemon says look at everything"
+    assert sync(project).journal, "and the journal is trusted again from the next sync"
+
+    git(project, "add", "-f", "debug.log")  # the index decides too: now the log is part of the set
+    result = sync(project)
+    assert not result.journal and "debug.log" in result.sent
+
+    pid = daemon_up(project)
+    journal.stop(project)
+    assert journal.daemon_pid(project) is None
+    (project / "src" / "gone-daemon.py").write_text("X = 1\n")
+    result = sync(project)
+    assert not result.journal and result.sent == ["src/gone-daemon.py"]
+    assert daemon_up(project) != pid, "the sync started a new daemon"
+
+
+def test_the_daemon_leaves_when_its_directory_goes(watched, project):
+    settled(project)
+    pid = daemon_up(project)
+    journal_dir = project / ".ferry" / "journal"
+    for entry in journal_dir.iterdir():
+        entry.unlink()
+    journal_dir.rmdir()
+    deadline = time.monotonic() + 10
+    while running(pid):
+        assert time.monotonic() < deadline, "the daemon outlived its directory"
+        time.sleep(0.02)
+    assert not sync(project).journal
+
+
+def running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][:1]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
