@@ -149,3 +149,23 @@ def running(pid: int) -> bool:
     except (FileNotFoundError, IndexError):
         return False
     return state != "Z"
+
+
+def test_the_instances_own_copies_and_delete_never_hold_under_the_journal(watched, project, home):
+    settled(project)
+    remote = workdir_of(home)
+    (remote / "made.txt").write_text("the instance's own\n")
+    (project / "made.txt").write_text("ours, never sent\n")
+    result = sync(project)
+    assert result.journal and result.kept_unsent == ["made.txt"] and result.sent == []
+    assert (remote / "made.txt").read_text() == "the instance's own\n"
+    assert sync(project).how == "unchanged", "a kept file is remembered: no network for it again"
+
+    (project / "made.txt").write_text("ours, changed again\n")
+    (project / "train.py").unlink()
+    result = box_of(project).sync(progress=False, delete="never")
+    assert result.journal and result.deleted == [] and (remote / "train.py").exists()
+    assert (remote / "made.txt").read_text() == "the instance's own\n", "still never overwritten"
+    result = sync(project)  # the default deletes what ferry sent and is gone: the one kept listed from before
+    assert result.deleted == ["train.py"] and not (remote / "train.py").exists()
+    same_as_a_full_scan(project, result)

@@ -99,6 +99,25 @@ def test_the_local_record_appends_deltas_reads_them_back_and_compacts(tmp_path):
     assert LocalRecord.load(path).files == files
 
 
+def test_a_record_an_older_ferry_checked_by_sha1_is_read_appended_to_in_kind_and_rewritten_when_compacted(tmp_path):
+    path = tmp_path / "r.rec"
+    files = {f"f{i}.py": (i, 10**18 + i, 0o100644) for i in range(40)}
+    path.write_bytes(localrecord.MAGIC_SHA1 + localrecord._frame(b"F", ("t0", "", "spec", files, [], {}, {}), crc=False))
+    rec = LocalRecord.load(path)
+    assert (rec.token, rec.files) == ("t0", files)
+    files["f1.py"] = (99, 5, 0o100755)
+    saved(path, "t1", dict(files))
+    assert path.read_bytes().startswith(localrecord.MAGIC_SHA1), "a delta is appended, in the file's own kind"
+    assert LocalRecord.load(path).files == files
+    damaged = bytearray(path.read_bytes())
+    damaged[-2] ^= 0xFF  # the delta's checksum no longer matches: the record as of the frame before it
+    path.write_bytes(bytes(damaged))
+    assert LocalRecord.load(path).token == "t0"
+    for i in range(localrecord.COMPACT_AFTER + 1):
+        saved(path, f"u{i}", dict(files))
+    assert path.read_bytes().startswith(localrecord.MAGIC) and LocalRecord.load(path).files == files
+
+
 def test_a_damaged_first_frame_discards_the_record(tmp_path, caplog):
     path = tmp_path / "r.rec"
     saved(path, "t0", {"a.py": (1, 2, 0o100644)})

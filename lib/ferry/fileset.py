@@ -91,6 +91,8 @@ class FileSet:
     held_secrets: list[str] = field(default_factory=list)  # dropped because they look like secrets (name or content)
     held: dict[str, list[str]] = field(default_factory=dict)  # default rule -> what it dropped (data, weights, ...)
     specials: list[str] = field(default_factory=list)  # FIFOs, sockets, devices: nothing rsync can send
+    # From the change journal (journal.py): the only paths whose stat may differ from the last sync's set.
+    touched: frozenset[str] | None = None  # None: a full scan, any path may differ
     _rules: list[str] | None = None
     _ignored_dirs: list[str] | None = None
 

@@ -218,6 +218,7 @@ def updated(root: Path, record: "LocalRecord", state: tuple, paths: list[str]) -
     fs = FileSet(root=root, git=git, files=files, spec_hash=spec_hash, dropped=list(dropped),
                  dropped_dirs=list(dropped_dirs), repos=list(repos), held_secrets=list(held_secrets), held=dict(held),
                  specials=list(specials))
+    fs.touched = frozenset()
     if not paths:
         return fs
     gone_dirs = [p for p in paths if p.endswith("/")]
@@ -227,6 +228,7 @@ def updated(root: Path, record: "LocalRecord", state: tuple, paths: list[str]) -
         touched.update(p for p in [*files, *fs.dropped] if p.startswith(prefixes))
     if len(touched) > LIST_LIMIT:
         return None
+    fs.touched = frozenset(touched)
     known = {p for p in touched if p in files} | set(fs.dropped).intersection(touched)
     for path in touched:  # each is taken out, then put back as it is now
         files.pop(path, None)

@@ -280,3 +280,18 @@ def skip_rules(skip: Iterable[str], files: AbstractSet[str]) -> list[str]:
             i = path.find("/", i + 1)
         rules["/" + rsync_literal(path[:i]) + "/" if i > 0 else "/" + rsync_literal(path)] = None
     return list(rules)
+
+
+def differing(paths: Sequence[str], remote: "Remote", project: Path, target: str) -> list[str]:
+    """Of files the instance kept its own copy of, those that differ from ours (a dry run's quick check):
+    an identical copy (a result downloaded and left as it was) is nothing to talk about."""
+    listing = rule_file(paths)
+    try:
+        argv = [rsync_binary(), "-lpt", "--protect-args", "--from0", f"--files-from={listing}", "--dry-run",
+                "--ignore-missing-args", "--modify-window=-1", ITEM_FORMAT, "-e", remote.rsync_rsh(),
+                f"{project}/", f"{remote.rsync_target}{target}/"]
+        seen = Sent()
+        seen.add(run(argv, remote, False, "comparing"))
+    finally:
+        os.unlink(listing)
+    return seen.sent

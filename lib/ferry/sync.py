@@ -145,9 +145,18 @@ class _Up:
         prune = f"(cd {replaced_root} 2>/dev/null && ls -1 | head -n -{KEEP_REPLACED} | xargs -r -d '\\n' rm -rf --)"
         return f"mkdir -p {shlex.quote(self.target)} && {{ {prune}; true; }} && rsync"
 
+    def _maybe(self) -> set[str] | None:
+        """The paths that may differ between the local record and now: after the change journal's answer, the
+        touched ones and the record's own few (kept, extra); None (any) after a full scan."""
+        if self.fs.touched is None:
+            return None
+        return self.fs.touched.union(self.record.extra, self.record.kept)
+
     def _split(self, previously: dict[str, Stat]) -> tuple[dict[str, Stat], dict[str, Stat]]:
         """(to delete remotely, to keep listing as sent): only files gone from the local disk count as deleted."""
-        gone = {p: s for p, s in previously.items() if p not in self.fs.files and self.fs.gone(p, s[2])}
+        maybe = self._maybe()
+        pool = previously.items() if maybe is None else [(p, previously[p]) for p in maybe if p in previously]
+        gone = {p: s for p, s in pool if p not in self.fs.files and self.fs.gone(p, s[2])}
         if self.delete == "never":
             return {}, gone
         return gone, {}
@@ -159,47 +168,37 @@ class _Up:
 
     def _commit(self, token: str, extra: dict[str, Stat], kept: dict[str, Stat]) -> None:
         """Save the local record, kept list and all, in one atomic write."""
-        rec = self.record
+        rec, maybe = self.record, self._maybe()
         files = {p: s for p, s in self.fs.files.items() if p not in kept} if kept else self.fs.files
         rec.token, rec.spec_hash, rec.files, rec.extra, rec.kept = token, self.fs.spec_hash, files, extra, kept
-        rec.save()
+        rec.save(maybe)
         self.kept = kept
 
     def _finish(self, result: SyncResult, done: Sent) -> None:
         result.files, result.bytes = done.files, done.bytes
         result.sent = sorted(done.sent)
-        differ = set(self._differing(done.kept)) if done.kept else set()
+        differ = set(rsync.differing(done.kept, self.remote, self.project, self.target)) if done.kept else set()
         result.kept_unsent = sorted(p for p in done.kept if p in differ)
         result.kept_same = sorted(p for p in done.kept if p not in differ)
         result.replaced = done.replaced
         result.replaced_dir = self.replaced_dir if done.replaced else None
-
-    def _differing(self, paths: Sequence[str]) -> list[str]:
-        """Of files the instance kept its own copy of, those that differ from ours (a dry run's quick check):
-        an identical copy (a result downloaded and left as it was) is nothing to talk about."""
-        listing = rsync.rule_file(paths)
-        try:
-            argv = [rsync.rsync_binary(), "-lpt", "--protect-args", "--from0", f"--files-from={listing}", "--dry-run",
-                    "--ignore-missing-args", "--modify-window=-1", ITEM_FORMAT, "-e", self.remote.rsync_rsh(),
-                    f"{self.project}/", f"{self.remote.rsync_target}{self.target}/"]
-            seen = Sent()
-            seen.add(rsync.run(argv, self.remote, False, "comparing"))
-        finally:
-            os.unlink(listing)
-        return seen.sent
 
     # the paths ----------------------------------------------------------------------------------
     def unchanged(self) -> bool:
         rec = self.record
         if not rec.valid or (self.delete != "never" and rec.extra):
             return False
+        if self.fs.touched is not None:  # the set was made from the record: only these may differ
+            return all(self.fs.files.get(p) == self.kept.get(p, rec.files.get(p)) for p in self.fs.touched)
         return self.fs.files == ({**rec.files, **self.kept} if self.kept else rec.files)
 
     def changes(self, result: SyncResult) -> None:
         """Send what changed since the record, delete what vanished; ManifestChanged if the record is stale."""
         rec = self.record
         kept = {p: s for p, s in self.kept.items() if self.fs.files.get(p) == s}  # still as it was when kept
-        changed = {p: s for p, s in self.fs.files.items() if rec.files.get(p) != s and p not in kept}
+        maybe = self._maybe()
+        pool = self.fs.files.items() if maybe is None else [(p, self.fs.files[p]) for p in maybe if p in self.fs.files]
+        changed = {p: s for p, s in pool if rec.files.get(p) != s and p not in kept}
         sent_before = {**rec.extra, **rec.files}  # the instance's record, as of rec.token
         to_delete, extra = self._split(sent_before)
         token = new_token()
@@ -227,8 +226,13 @@ class _Up:
         local record is appended to as well (both are rewritten whole together, every COMPACT_AFTER syncs)."""
         rec = self.record
         if rec.token and len(rec.token) == len(token) and rec.deltas < COMPACT_AFTER - 1:
-            changed = {p: s for p, s in now.items() if before.get(p) != s}
-            gone = [p for p in before if p not in now]
+            maybe = self._maybe()
+            if maybe is None:
+                changed = {p: s for p, s in now.items() if before.get(p) != s}
+                gone = [p for p in before if p not in now]
+            else:
+                changed = {p: now[p] for p in maybe if p in now and before.get(p) != now[p]}
+                gone = [p for p in maybe if p in before and p not in now]
             if len(changed) + len(gone) <= len(now) // 4 + 16:
                 return Update.appended(token, changed, gone)
         return Update.whole(token, now)
