@@ -169,3 +169,19 @@ def test_the_instances_own_copies_and_delete_never_hold_under_the_journal(watche
     result = sync(project)  # the default deletes what ferry sent and is gone: the one kept listed from before
     assert result.deleted == ["train.py"] and not (remote / "train.py").exists()
     same_as_a_full_scan(project, result)
+
+
+def test_a_no_op_the_journal_vouches_for_still_gives_the_whole_file_set_and_only_while_its_record_stands(
+        watched, project, home):
+    (project / ".env").write_text("API_KEY=1\n")
+    settled(project)
+    result = sync(project)
+    assert result.journal and result.how == "unchanged"
+    assert result.fileset.held_secrets == [".env"], "what is held back is said on every sync"
+    assert result.fileset.files == fileset.scan(project).files, "read from the record when asked for"
+
+    (record,) = (project / ".ferry" / "sync").glob("*.rec")
+    record.unlink()  # no record: the journal's state vouches for nothing
+    result = sync(project)
+    assert not result.journal and result.how != "unchanged" and result.files == 0
+    assert (workdir_of(home) / "train.py").exists()

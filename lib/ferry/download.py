@@ -20,7 +20,7 @@ from . import rsync
 from .errors import FerryError, UsageError, cmd
 from .rsync import RSYNC_FLAGS
 from .report import SyncResult, report
-from .sync import progress_wanted, stamp
+from .rsync import progress_wanted, stamp
 
 if TYPE_CHECKING:
     from .handle import Box

@@ -15,6 +15,8 @@ import os
 import re
 import shlex
 import subprocess
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, AbstractSet, Iterable, Sequence
@@ -295,3 +297,14 @@ def differing(paths: Sequence[str], remote: "Remote", project: Path, target: str
     finally:
         os.unlink(listing)
     return seen.sent
+
+
+def stamp() -> str:
+    """A name for one run's backups: sorts by time (to the microsecond), and pid plus random make it unique."""
+    now = time.time()
+    return f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}.{int(now % 1 * 1e6):06d}-{os.getpid()}-" \
+           f"{os.urandom(2).hex()}"
+
+
+def progress_wanted(progress: bool | None) -> bool:
+    return sys.stderr.isatty() if progress is None else progress

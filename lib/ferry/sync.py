@@ -5,7 +5,10 @@ Up, fastest path first:
 * nothing changed: a fresh stat scan of the file set (fileset.py) equals the
   local record of the last successful sync to this instance (manifest.py),
   so no network at all (~20 ms for 5,000 files, against ~100 ms for even a
-  no-op rsync);
+  no-op rsync). In a large project the change journal's daemon is asked
+  instead of scanning (journal.py): when it saw nothing change, not even the
+  record is read, and when it saw a few paths change, only those are
+  looked at and compared;
 * a few files changed: only those go, in one rsync fed the short list, and
   files that are gone locally are deleted remotely (safely, see manifest.py);
 * the first sync from this checkout: if the workdir is empty, each file the
@@ -44,7 +47,6 @@ from __future__ import annotations
 import logging
 import os
 import shlex
-import sys
 import time
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, AbstractSet, Iterable, Sequence
@@ -55,7 +57,7 @@ from .fileset import DEFAULT_EXCLUDES, FileSet, Stat
 from .localrecord import COMPACT_AFTER, LocalRecord
 from .manifest import STALE, ManifestChanged, NoPython, RemoteManifest, Update, cache_path, local_key, new_token, remote_key
 from .report import SyncResult, _s, report
-from .rsync import ITEM_FORMAT, RSYNC_FLAGS, Sent
+from .rsync import ITEM_FORMAT, RSYNC_FLAGS, Sent, progress_wanted, stamp
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
@@ -72,18 +74,7 @@ REPLACED_DIR = ".ferry/replaced"  # on the instance, under its home: what a sync
 KEEP_REPLACED = 10  # the newest backup dirs kept there; older ones go (they would grow without bound)
 
 
-def stamp() -> str:
-    """A name for one run's backups: sorts by time (to the microsecond), and pid plus random make it unique."""
-    now = time.time()
-    return f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}.{int(now % 1 * 1e6):06d}-{os.getpid()}-" \
-           f"{os.urandom(2).hex()}"
-
-
 # -- up --------------------------------------------------------------------------------------------
-def progress_wanted(progress: bool | None) -> bool:
-    return sys.stderr.isatty() if progress is None else progress
-
-
 class _Up:
     """One upload: the scan, the local record, the instance's record, and the transfers between them."""
 
@@ -412,8 +403,15 @@ def upload(box: "Box", dry_run: bool = False, delete: str = "sent", full: bool =
     if delete not in DELETE_MODES:
         raise UsageError(f"bad --delete value {delete!r}", hint=f"use one of: {', '.join(DELETE_MODES)}")
     started = time.monotonic()
-    up = _Up(box, delete, progress_wanted(progress), compare=dry_run or full)
     result = SyncResult(dry_run=dry_run)
+    # The change journal's daemon says nothing changed since a sync that left nothing to do: not even the record
+    # need be read (journal.py).
+    quiet = None if dry_run or full else \
+        journal.quiet(box.project_dir, cache_path(box.project_dir, local_key(box.instance, box.workdir)), delete)
+    if quiet is not None:
+        result.how, result.fileset, result.journal = "unchanged", quiet, True
+        return _done(result, started, announce, verbose)
+    up = _Up(box, delete, progress_wanted(progress), compare=dry_run or full)
     if dry_run:
         result.how = "dry-run"
         up.dry_run(result)
@@ -439,7 +437,11 @@ def upload(box: "Box", dry_run: bool = False, delete: str = "sent", full: bool =
     result.fileset, result.journal = up.fs, up.journaled
     if not dry_run:
         journal.settle(up.record, up.fs, up.answer, box.settings.sync_journal_min_files)
+    return _done(result, started, announce, verbose)
+
+
+def _done(result: SyncResult, started: float, announce: bool, verbose: bool) -> SyncResult:
     result.seconds = time.monotonic() - started
     if announce:
-        report(result, "would send" if dry_run else "synced", verbose=verbose)
+        report(result, "would send" if result.dry_run else "synced", verbose=verbose)
     return result
