@@ -185,3 +185,23 @@ def test_a_no_op_the_journal_vouches_for_still_gives_the_whole_file_set_and_only
     result = sync(project)
     assert not result.journal and result.how != "unchanged" and result.files == 0
     assert (workdir_of(home) / "train.py").exists()
+
+
+def test_an_idle_daemon_leaves_by_itself_and_one_that_could_not_watch_is_not_restarted_soon(project):
+    import subprocess
+    import sys
+
+    daemon = subprocess.Popen([sys.executable, "-m", "ferry.journald", str(project), "0.5"],
+                              stderr=subprocess.PIPE)
+    try:
+        assert daemon.wait(timeout=15) == 0, "a daemon nobody asked for half a second (here) exits"
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+    assert journal.daemon_pid(project) is None
+    failed = project / ".ferry" / "journal" / "failed"
+    failed.write_text("no inotify watches left\n")
+    journal.start(project)
+    assert not (project / ".ferry" / "journal" / "log").exists(), "no daemon is started while the failure is fresh"
+    assert journal.daemon_pid(project) is None

@@ -33,6 +33,7 @@ import select
 import stat
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -49,6 +50,8 @@ ASK_TIMEOUT = 1.0  # a daemon that does not answer within this is taken to be aw
 IDLE = 3600  # the daemon exits after this many seconds without a question
 STATE_VERSION = 2
 JOURNAL_DIR = ".ferry/journal"  # the daemon's pid file and log, and where questions are asked
+FAILED = "failed"  # written there by a daemon that could not watch (no inotify watches left, a network fs)
+RETRY_AFTER = 3600  # seconds before a sync tries a daemon again after one failed
 
 
 @dataclass
@@ -88,7 +91,13 @@ def start(root: Path) -> None:
     """Start the project's daemon in the background (it exits at once if one runs already)."""
     state = root / JOURNAL_DIR
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with open(state / "log", "ab") as log:  # sh puts it in the background and exits: no child left to reap
+    try:
+        if os.stat(state / FAILED).st_mtime > time.time() - RETRY_AFTER:
+            return  # the last one could not watch this tree; syncs scan it, as they would without a journal
+    except OSError:
+        pass
+    log_path = state / "log"
+    with open(log_path, "ab" if not log_path.exists() or log_path.stat().st_size < 1 << 18 else "wb") as log:  # sh puts it in the background and exits: no child left to reap
         subprocess.run(["/bin/sh", "-c", 'exec "$0" "$@" &', sys.executable, "-m", "ferry.journald", os.fspath(root),
                         str(IDLE)], cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
                        start_new_session=True, check=False)
@@ -97,7 +106,6 @@ def start(root: Path) -> None:
 def stop(root: Path, timeout: float = 5.0) -> None:
     """Stop the project's daemon by its pid and wait for it to let go of its lock."""
     import signal
-    import time
 
     pid = daemon_pid(root)
     if pid is None:

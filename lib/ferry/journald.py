@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 
-from .journal import JOURNAL_DIR
+from .journal import FAILED, JOURNAL_DIR
 
 IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE = 0x2, 0x4, 0x8
 IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x40, 0x80, 0x100, 0x200
@@ -166,6 +166,9 @@ class Daemon:
                 self.dirty.add(path + "/")  # everything once below it
             return
         self.dirty.add(path)
+        if len(self.dirty) > KEEP_PATHS:  # a flood with no sync asking: forget it, and say so to every asker
+            self.dirty, self.frames, self.kept = set(), [], 0
+            self.valid_from = self.epoch + 1
 
     def _answer(self, name: str) -> None:
         """Name: ask-<nonce>-<daemon id>-<epoch of the asker's last answer>; reply: (id, epoch, paths or None)."""
@@ -194,9 +197,11 @@ class Daemon:
     def loop(self) -> None:
         last_question = time.monotonic()
         while True:
-            ready, _, _ = select.select([self.fd], [], [], self.idle)
-            if not ready and time.monotonic() - last_question >= self.idle:
+            left = self.idle - (time.monotonic() - last_question)  # events that are not questions do not count
+            if left <= 0:
                 return
+            if not select.select([self.fd], [], [], left)[0]:
+                continue
             data = os.read(self.fd, 1 << 16)
             pos, epoch = 0, self.epoch
             try:
@@ -248,13 +253,31 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     daemon = Daemon(root, idle)
     try:
+        remote_fs = _network_fs(daemon.libc, root)
+        if remote_fs:
+            raise OSError(0, f"the project is on {remote_fs}, where inotify misses changes made elsewhere")
         daemon.start()
         daemon.loop()
-    except OSError as exc:  # out of inotify watches, say: syncs go on looking at everything
-        print(f"ferry journal: stopped: {exc}", file=sys.stderr, flush=True)
+    except OSError as exc:  # out of inotify watches, say: syncs go on looking at everything, and none restarts it soon
+        print(f"ferry journal: stopped: {exc.strerror or exc}", file=sys.stderr, flush=True)
+        with open(os.path.join(state, FAILED), "w") as fh:
+            fh.write(f"{exc.strerror or exc}\n")
     finally:
         os.ftruncate(lock, 0)
     return 0
+
+
+NETWORK_FS = {0x6969: "NFS", 0x517B: "SMB", 0xFF534D42: "CIFS", 0xFE534D42: "SMB2", 0x01021997: "9P (WSL's /mnt)",
+              0x65735546: "FUSE", 0x564C: "NCP", 0x47504653: "GPFS", 0x0BD00BD0: "Lustre", 0x6B414653: "AFS"}
+
+
+def _network_fs(libc, path: str) -> str | None:
+    """The kind of file system ``path`` is on if changes can come from another machine (inotify never hears)."""
+    buf = ctypes.create_string_buffer(256)  # struct statfs; f_type is its first field (a long)
+    if libc.statfs(os.fsencode(path), buf) != 0:
+        return None
+    kind = ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+    return NETWORK_FS.get(kind)
 
 
 if __name__ == "__main__":
