@@ -28,10 +28,23 @@ def watched(launched, project, monkeypatch):
         yield launched
     finally:
         journal.stop(project)
-        for pid in STARTED:  # any the pid file no longer names
+        for pid in STARTED + daemons_of(project):  # any the pid file no longer names, or not yet
             if running(pid):
                 os.kill(pid, signal.SIGTERM)
         STARTED.clear()
+
+
+def daemons_of(project: Path) -> list[int]:
+    """The pids of journal daemons started for exactly this project (their argv names it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"ferry.journald" in argv and os.fsencode(str(project)) in argv:
+            found.append(int(entry.name))
+    return found
 
 
 def box_of(project: Path):
@@ -118,7 +131,17 @@ def test_a_changed_rule_or_an_absent_daemon_means_a_full_scan_and_nothing_is_mis
 
     git(project, "add", "-f", "debug.log")  # the index decides too: now the log is part of the set
     result = sync(project)
-    assert not result.journal and "debug.log" in result.sent
+    assert result.journal and result.sent == ["debug.log"], "an index change: git's set is listed, nothing else"
+    git(project, "add", "-f", ".venv/lib/big.py")  # inside a directory the daemon did not watch, being ignored
+    assert sync(project).sent == [".venv/lib/big.py"]
+    (project / ".venv" / "lib" / "big.py").write_text("tracked now, and changed\n")
+    result = sync(project)
+    assert result.journal and result.sent == [".venv/lib/big.py"], "it is watched from the index change on"
+    git(project, "rm", "-q", "--cached", "debug.log")
+    result = sync(project)
+    assert result.journal and "debug.log" not in result.fileset.files
+    assert result.deleted == [] and (workdir_of(home) / "debug.log").exists(), "ignored again, not gone: kept there"
+    same_as_a_full_scan(project, result)
 
     pid = daemon_up(project)
     journal.stop(project)
@@ -191,6 +214,7 @@ def test_an_idle_daemon_leaves_by_itself_and_one_that_could_not_watch_is_not_res
     import subprocess
     import sys
 
+    (project / ".ferry").mkdir()
     daemon = subprocess.Popen([sys.executable, "-m", "ferry.journald", str(project), "0.5"],
                               stderr=subprocess.PIPE)
     try:
@@ -205,3 +229,71 @@ def test_an_idle_daemon_leaves_by_itself_and_one_that_could_not_watch_is_not_res
     journal.start(project)
     assert not (project / ".ferry" / "journal" / "log").exists(), "no daemon is started while the failure is fresh"
     assert journal.daemon_pid(project) is None
+
+
+def test_what_a_scan_would_find_the_journal_finds_or_hands_over_to_a_scan(watched, project, home):
+    (project / "logs").mkdir()
+    (project / "logs" / "a.log").write_text("every file here is ignored: git names the directory as ignored\n")
+    (project / "data.csv").write_text("1,2\n")
+    (project / "a").mkdir()
+    (project / "a" / "x.txt").write_text("one inode, two names\n")
+    (project / "b").mkdir()
+    os.link(project / "a" / "x.txt", project / "b" / "x.txt")
+    global_ignore = home / ".config" / "git" / "ignore"
+    global_ignore.parent.mkdir(parents=True)
+    global_ignore.write_text("*.csv\n")
+    settled(project)
+    remote = workdir_of(home)
+    assert not (remote / "data.csv").exists()
+
+    (project / "logs" / "notes.md").write_text("not ignored, in a directory that held only ignored files\n")
+    result = sync(project)
+    assert result.journal and result.sent == ["logs/notes.md"]
+
+    with open(project / "a" / "x.txt", "a") as fh:  # b/x.txt changes too, unheard
+        fh.write("appended\n")
+    result = sync(project)
+    assert not result.journal and sorted(result.sent) == ["a/x.txt", "b/x.txt"]
+
+    global_ignore.write_text("")  # git's rules from outside the project
+    result = sync(project)
+    assert not result.journal and result.sent == ["data.csv"]
+
+    (project / "vendor").mkdir()
+    git(project / "vendor", "init", "-q")  # a repository made inside the tree
+    (project / "vendor" / "lib.py").write_text("LIB = 1\n")
+    result = sync(project)
+    assert not result.journal
+    same_as_a_full_scan(project, result)
+
+
+def test_when_another_sync_changed_the_instances_record_the_compare_rests_on_a_full_scan(watched, project, home):
+    settled(project)
+    (record,) = (home / ".ferry" / "local" / "proj" / "home" / ".ferry" / "manifests").iterdir()
+    header, _, rest = record.read_bytes().partition(b"\n")
+    token = header.rsplit(b" ", 1)[1]
+    record.write_bytes(header[:-len(token)] + bytes(reversed(token)) + b"\n" + rest)  # someone else's sync
+    (project / "train.py").write_text("print('after the other sync')\n")
+    result = sync(project)
+    assert not result.journal, "the set made from our own record is not what a full compare rests on"
+    assert (workdir_of(home) / "train.py").read_text() == "print('after the other sync')\n"
+    same_as_a_full_scan(project, result)
+
+
+def test_outside_git_the_journal_keeps_to_the_walk_and_its_rules(watched, project, home):
+    import shutil
+
+    shutil.rmtree(project / ".git")
+    settled(project)
+    remote = workdir_of(home)
+    (project / "node_modules" / "pkg").mkdir(parents=True)
+    (project / "node_modules" / "pkg" / "index.js").write_text("excluded by ferry's defaults outside git\n")
+    (project / "src" / "new.py").write_text("NEW = 1\n")
+    result = sync(project)
+    assert result.journal and result.sent == ["src/new.py"]
+    assert not (remote / "node_modules").exists()
+    (project / ".ferryignore").write_text("src/new.py\n")
+    result = sync(project)
+    assert not result.journal and "src/new.py" not in result.fileset.files
+    assert sync(project).journal
+    same_as_a_full_scan(project, sync(project))

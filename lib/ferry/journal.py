@@ -50,6 +50,7 @@ ASK_TIMEOUT = 1.0  # a daemon that does not answer within this is taken to be aw
 IDLE = 3600  # the daemon exits after this many seconds without a question
 STATE_VERSION = 2
 JOURNAL_DIR = ".ferry/journal"  # the daemon's pid file and log, and where questions are asked
+INDEX = ".git/index"  # in an answer: git's index changed (what is tracked may have)
 FAILED = "failed"  # written there by a daemon that could not watch (no inotify watches left, a network fs)
 RETRY_AFTER = 3600  # seconds before a sync tries a daemon again after one failed
 
@@ -170,13 +171,36 @@ def _identity(path: Path) -> list[int] | None:
     return [st.st_ino, st.st_size, st.st_mtime_ns]
 
 
+def _git_globals(previous: dict | None) -> list | None:
+    """Git's rules from outside the project (the user's and the system's config, the user's ignore file), as the
+    identities of their files: any change there and the next sync scans everything. None outside git."""
+    from .config import getenv
+
+    home = Path.home()
+    xdg = Path(getenv("XDG_CONFIG_HOME") or home / ".config")
+    configs = [_identity(p) for p in (home / ".gitconfig", xdg / "git" / "config", Path("/etc/gitconfig"))]
+    if previous and previous.get("globals") and previous["globals"][0] == configs:
+        excludes = previous["globals"][1]  # the configs are as they were: so is the excludes file's path
+    else:
+        out = subprocess.run(["git", "config", "--get", "core.excludesFile"], capture_output=True,
+                             stdin=subprocess.DEVNULL, check=False)
+        named = out.stdout.decode("utf-8", "surrogateescape").strip()
+        excludes = os.path.expanduser(named) if named else os.fspath(xdg / "git" / "ignore")
+    return [configs, excludes, _identity(Path(excludes))]
+
+
+def _globals_unchanged(saved: list | None) -> bool:
+    return saved is None or (_git_globals({"globals": saved}) == saved)
+
+
 def remember(record: "LocalRecord", fs: FileSet, answer: Answer) -> None:
     """After a sync: the answer it started from, with the file set's parts the record does not hold, and the
     record file's identity (while it is the same file, its token is this one)."""
     body = {"version": STATE_VERSION, "token": record.token, "ident": answer.ident, "epoch": answer.epoch,
             "spec": fs.spec_hash, "git": fs.git, "repos": fs.repos, "dropped": fs.dropped,
             "dropped_dirs": fs.dropped_dirs, "specials": fs.specials, "held_secrets": fs.held_secrets,
-            "held": fs.held, "record": _identity(record.path), "extra": bool(record.extra)}
+            "held": fs.held, "record": _identity(record.path), "extra": bool(record.extra),
+            "globals": _git_globals(_state(record.path)) if fs.git else None}
     path = _state_path(record.path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     try:
@@ -235,6 +259,8 @@ def _saved_set(root: Path, state: dict, files: dict | None, cls: type = FileSet)
     git, _, _, spec_hash = fileset.rules(root)
     if spec_hash != state["spec"] or git != state["git"] or len(state["repos"]) > 1:
         return None  # (a submodule's own index is outside what the daemon watches)
+    if not _globals_unchanged(state.get("globals")):
+        return None
     return cls(root=root, git=git, files=files, spec_hash=spec_hash, dropped=list(state["dropped"]),
                dropped_dirs=list(state["dropped_dirs"]), repos=list(state["repos"]),
                held_secrets=list(state["held_secrets"]), held=dict(state["held"]), specials=list(state["specials"]),
@@ -282,18 +308,24 @@ def quiet(root: Path, record_path: Path, delete: str) -> FileSet | None:
 
 def updated(root: Path, record: "LocalRecord", state: dict, paths: list[str]) -> FileSet | None:
     """The last sync's file set with ``paths`` looked at again; None where only a full scan can tell."""
-    if len(paths) > LIST_LIMIT:
-        return None
+    if len(paths) > LIST_LIMIT or any(p == ".git" or p.endswith("/.git") for p in paths):
+        return None  # (a repository made or gone inside the tree: which files are whose is the full scan's business)
     files = {**record.files, **record.kept} if record.kept else dict(record.files)
     fs = _saved_set(root, state, files)
     if fs is None or not paths:
         return fs
-    git, lines, user_from, spec_hash = fileset.rules(root)
-    gone_dirs = [p for p in paths if p.endswith("/")]
-    touched = {p for p in paths if not p.endswith("/")}
+    git, lines, user_from, _ = fileset.rules(root)
+    touched = {p for p in paths if not p.endswith("/") and p != INDEX}
+    gone_dirs = tuple(p for p in paths if p.endswith("/"))
     if gone_dirs:
-        prefixes = tuple(gone_dirs)
-        touched.update(p for p in [*files, *fs.dropped] if p.startswith(prefixes))
+        touched.update(p for p in [*files, *fs.dropped] if p.startswith(gone_dirs))
+    listed: set[str] | None = None
+    if INDEX in paths:  # git's index changed: what is tracked may have, so git's whole set is listed again
+        listed = {n for n in fileset._git(root, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
+                  .split("\0") if n and not fileset.never_sent(n)}
+        if any(n.endswith("/") for n in listed):
+            return None  # a repository nested in the tree
+        touched |= listed.symmetric_difference(files.keys() | set(fs.dropped))
     if len(touched) > LIST_LIMIT:
         return None
     fs.touched = frozenset(touched)
@@ -304,14 +336,17 @@ def updated(root: Path, record: "LocalRecord", state: dict, paths: list[str]) ->
     fs.specials = [p for p in fs.specials if p not in touched]
     fs.held_secrets = [p for p in fs.held_secrets if p not in touched]
     spec = fileset._matcher(lines, user_from)
-    unknown = sorted(p for p in touched - known if not fileset.never_sent(p))
-    members = sorted(known)
-    if unknown and git:
-        listed = fileset._git(root, "--literal-pathspecs", "ls-files", "-z", "--cached", "--others",
-                              "--exclude-standard", "--", *unknown)
-        members += [p for p in listed.split("\0") if p]
-    elif unknown:
-        members += [p for p in unknown if fileset.plain_reached(p, spec)]
+    if listed is not None:
+        members = sorted(p for p in touched if p in listed)
+    else:
+        unknown = sorted(p for p in touched - known if not fileset.never_sent(p))
+        members = sorted(known)
+        if unknown and git:
+            found = fileset._git(root, "--literal-pathspecs", "ls-files", "-z", "--cached", "--others",
+                                 "--exclude-standard", "--", *unknown)
+            members += [p for p in found.split("\0") if p]
+        elif unknown:
+            members += [p for p in unknown if fileset.plain_reached(p, spec)]
     secret = Matcher(list(SECRET_EXCLUDES), len(SECRET_EXCLUDES))
     base = os.fspath(root) + "/"
     for path in members:
@@ -324,6 +359,8 @@ def updated(root: Path, record: "LocalRecord", state: dict, paths: list[str]) ->
             if git and os.path.lexists(base + path + "/.git"):
                 return None  # a new nested repository
             continue
+        if st.st_nlink > 1 and stat.S_ISREG(mode):
+            return None  # a write through one of its other names changed it too, and only this name was heard
         if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
             fs.dropped.append(path)
             fs.specials.append(path)

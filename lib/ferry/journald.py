@@ -10,10 +10,15 @@ already been read, and the answer (written into the FIFO) covers them all.
 
 It never reads a file's content, and answers "look at everything" whenever
 it may have missed something: the kernel's event queue overflowed, a
-directory was moved, the rules that decide the file set changed
-(``.gitignore``, ``.ferryignore``, ``.git/index``, ``.gitmodules``). Only
-what the journal's client (journal.py) does with an answer decides what is
-sent. Directories git ignores (a venv, run output) are not watched at all.
+directory was moved, a flood of changes no sync asked about, or the rules
+that decide the file set changed (any ``.gitignore``, ``.ferryignore``,
+``.gitmodules``, ``.git/info/exclude``, ``.git/config``). A change to git's
+index is named in the answer (the asker lists git's set again, which is
+still far cheaper than a scan). A repository made inside the tree is named
+too, and the asker scans. Directories git ignores as directories (a venv,
+run output) are not watched, nor outside git the ones a sync's walk prunes;
+what is watched is widened when the index or the rules change. Only what
+the client (journal.py) does with an answer decides what is sent.
 
 It holds ``.ferry/journal/pid`` locked while it lives, and exits when the
 project is deleted or moved, or after ``--idle`` seconds without a question.
@@ -35,8 +40,11 @@ import struct
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from .journal import FAILED, JOURNAL_DIR
+from . import fileset
+from .heldback import Matcher
+from .journal import FAILED, INDEX, JOURNAL_DIR
 
 IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE = 0x2, 0x4, 0x8
 IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x40, 0x80, 0x100, 0x200
@@ -45,7 +53,7 @@ IN_ONLYDIR, IN_DONT_FOLLOW, IN_EXCL_UNLINK, IN_ISDIR = 0x01000000, 0x02000000, 0
 WATCHED = (IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
            | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR | IN_DONT_FOLLOW | IN_EXCL_UNLINK)
 EVENT = struct.Struct("iIII")  # wd, mask, cookie, name length
-RULES = (".ferryignore", ".gitmodules", ".git/index", ".git/info/exclude")  # any .gitignore too
+RULES = (".git/info/exclude", ".git/config")  # besides every .gitignore, .ferryignore and .gitmodules
 KEEP_PATHS = 200_000  # changed paths remembered across questions; past this the oldest answers are forgotten
 
 
@@ -67,25 +75,36 @@ class Daemon:
         self.dirty: set[str] = set()
         self.kept = 0
         self.skip: set[str] = set()
+        self.dev = 0
+        self.plain: Matcher | None = None  # outside git: the rules whose excluded directories a sync never walks
 
     # -- watches ------------------------------------------------------------------------------------
     def _ignored_dirs(self) -> set[str]:
-        """What git ignores wholly (a venv, run output): never watched. Outside git: only .git and .ferry."""
+        """Directories git ignores as directories (a venv, run output): never watched. Outside git: only .git and
+        .ferry. (``ls-files --directory`` also names a directory all of whose files happen to be ignored, say
+        ``logs/`` holding only ``*.log``; a new file there may not be, so such a one is watched.)"""
         skip = {".git", ".ferry"}
-        if os.path.isdir(os.path.join(self.root, ".git")):
-            out = subprocess.run(["git", "ls-files", "-z", "--others", "--ignored", "--exclude-standard", "--directory",
-                                  "--no-empty-directory"], cwd=self.root, capture_output=True, stdin=subprocess.DEVNULL)
-            if out.returncode == 0:
-                skip.update(p.rstrip("/") for p in out.stdout.decode("utf-8", "surrogateescape").split("\0")
-                            if p.endswith("/"))
+        if not os.path.isdir(os.path.join(self.root, ".git")):
+            return skip
+        out = subprocess.run(["git", "ls-files", "-z", "--others", "--ignored", "--exclude-standard", "--directory",
+                              "--no-empty-directory"], cwd=self.root, capture_output=True, stdin=subprocess.DEVNULL)
+        dirs = b"".join(p + b"\0" for p in out.stdout.split(b"\0") if p.endswith(b"/"))
+        if out.returncode or not dirs:
+            return skip
+        check = subprocess.run(["git", "check-ignore", "-z", "--stdin"], cwd=self.root, input=dirs, capture_output=True)
+        skip.update(p.decode("utf-8", "surrogateescape").rstrip("/") for p in check.stdout.split(b"\0") if p)
         return skip
+
+    def _skipped(self, path: str) -> bool:
+        """Never watched: what git ignores as a directory; outside git, what the walk of a sync prunes."""
+        return path in self.skip or (self.plain is not None and self.plain.excluded(path + "/"))
 
     def _watch(self, rel: str) -> bool:
         wd = self.libc.inotify_add_watch(self.fd, os.fsencode(os.path.join(self.root, rel) if rel else self.root),
                                          WATCHED)
         if wd < 0:
             err = ctypes.get_errno()
-            if err in (2, 20):  # ENOENT, ENOTDIR: gone already; its parent reported that
+            if err in (2, 13, 20):  # ENOENT, ENOTDIR: gone already (its parent said so); EACCES: git cannot list it either
                 return False
             raise OSError(err, f"inotify_add_watch {rel or '.'}: {os.strerror(err)}")
         self.paths[wd] = rel
@@ -93,7 +112,8 @@ class Daemon:
 
     def _walk(self, rel: str, report: bool) -> None:
         """Watch ``rel`` and every directory below it; with ``report``, each file found there counts as changed
-        (a directory made or moved in after the last question: its files may predate its watch)."""
+        (a directory made or moved in after the last question: its files may predate its watch). A repository
+        inside (a ``.git``) is not walked but named, and a directory on another (network) file system ends us."""
         stack = [rel]
         while stack:
             top = stack.pop()
@@ -105,11 +125,25 @@ class Daemon:
                 continue
             for entry in entries:
                 path = f"{top}/{entry.name}" if top else entry.name
-                if entry.is_dir(follow_symlinks=False):
-                    if path not in self.skip:
+                if entry.name == ".git":
+                    if top and report:
+                        self.dirty.add(path)
+                elif entry.is_dir(follow_symlinks=False):
+                    if not self._skipped(path):
+                        self._same_device(entry)
                         stack.append(path)
                 elif report:
                     self.dirty.add(path)
+
+    def _same_device(self, entry: os.DirEntry) -> None:
+        try:
+            dev = entry.stat(follow_symlinks=False).st_dev
+        except OSError:
+            return
+        if dev != self.dev:
+            remote = _network_fs(self.libc, entry.path)
+            if remote:
+                raise OSError(0, f"{entry.path} is on {remote}, where inotify misses changes made elsewhere")
 
     def start(self) -> None:
         if self.fd >= 0:
@@ -118,17 +152,35 @@ class Daemon:
         if self.fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init1")
         self.paths = {}
+        self.dev = os.stat(self.root).st_dev
         self.skip = self._ignored_dirs()
+        git, lines, user_from, _ = fileset.rules(Path(self.root))
+        self.plain = None if git else fileset._matcher(lines, user_from)
         self._watch(JOURNAL_DIR)
         for name in (".git", ".git/info"):
             if os.path.isdir(os.path.join(self.root, name)):
                 self._watch(name)
         self._walk("", report=False)
-        self.dirty, self.frames, self.kept = set(), [], 0
-        self.valid_from = self.epoch + 1  # an answer given before now may not cover what happened before now
+        self._invalidate()
         for name in sorted(os.listdir(os.path.join(self.root, JOURNAL_DIR))):  # asked while no watch could hear
             if name.startswith("ask-"):
                 self._answer(name)
+            elif name.startswith(".q-"):  # an asker that died before it asked
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(self.root, JOURNAL_DIR, name))
+
+    def _invalidate(self) -> None:
+        """Forget every change so far: an answer given before now may not cover what happened before now."""
+        self.dirty, self.frames, self.kept = set(), [], 0
+        self.valid_from = self.epoch + 1
+
+    def _rescope(self, report: bool) -> None:
+        """Directories git no longer ignores as a whole (a ``git add -f`` inside, a rule gone) are watched now."""
+        wider = self._ignored_dirs()
+        for path in sorted(self.skip - wider):
+            if os.path.isdir(os.path.join(self.root, path)):
+                self._walk(path, report)
+        self.skip = wider
 
     # -- events -------------------------------------------------------------------------------------
     def _event(self, wd: int, mask: int, name: str) -> None:
@@ -152,23 +204,33 @@ class Daemon:
                 raise SystemExit(0)  # its lock file is gone: another daemon may start, so this one goes
             return
         if top in (".git", ".git/info"):
-            if path in RULES:
-                raise Reset(f"{path} changed")
+            if path == INDEX:  # what is tracked may have changed: the asker lists git's set again
+                self.dirty.add(INDEX)
+                self._rescope(report=True)
+            elif path in RULES or (path == ".git/info" and mask & IN_ISDIR):
+                if path == ".git/info" and mask & (IN_CREATE | IN_MOVED_TO):
+                    self._watch(path)
+                self._invalidate()  # the rules changed: the whole set may have
+                self._rescope(report=False)
             return
-        if name == ".gitignore" or path in RULES:
-            raise Reset(f"{path} changed")
+        if name in (".gitignore", ".ferryignore", ".gitmodules"):
+            if self.plain is not None and path == ".ferryignore":
+                raise Reset(".ferryignore changed")  # outside git it decides which directories are watched
+            self._invalidate()
+            self._rescope(report=False)
+            return
+        if name == ".git":
+            self.dirty.add(path)  # a repository made (or gone) inside the tree: the asker scans everything
+            return
         if mask & IN_ISDIR:
-            if mask & (IN_MOVED_FROM | IN_MOVED_TO) and path not in self.skip:
+            if mask & (IN_MOVED_FROM | IN_MOVED_TO) and not self._skipped(path):
                 raise Reset(f"directory {path} moved")  # its watches' paths are stale
-            if mask & IN_CREATE and path not in self.skip:
+            if mask & IN_CREATE and not self._skipped(path):
                 self._walk(path, report=True)
             elif mask & IN_DELETE:
                 self.dirty.add(path + "/")  # everything once below it
             return
         self.dirty.add(path)
-        if len(self.dirty) > KEEP_PATHS:  # a flood with no sync asking: forget it, and say so to every asker
-            self.dirty, self.frames, self.kept = set(), [], 0
-            self.valid_from = self.epoch + 1
 
     def _answer(self, name: str) -> None:
         """Name: ask-<nonce>-<daemon id>-<epoch of the asker's last answer>; reply: (id, epoch, paths or None)."""
@@ -210,6 +272,8 @@ class Daemon:
                     raw = data[pos + EVENT.size:pos + EVENT.size + size].rstrip(b"\0")
                     pos += EVENT.size + size
                     self._event(wd, mask, os.fsdecode(raw))
+                if len(self.dirty) > KEEP_PATHS:  # a flood with no sync asking: forget it, and say so to every asker
+                    self._invalidate()
             except Reset as why:
                 print(f"ferry journal: starting over: {why}", file=sys.stderr, flush=True)
                 self.start()
@@ -242,7 +306,10 @@ def _reply(fifo: str, payload: bytes) -> None:
 def main(argv: list[str]) -> int:
     root, idle = os.path.realpath(argv[0]), float(argv[1]) if len(argv) > 1 else 3600.0
     state = os.path.join(root, JOURNAL_DIR)
-    os.makedirs(state, mode=0o700, exist_ok=True)
+    if not os.path.isdir(os.path.join(root, ".ferry")):
+        return 0  # the project is gone (or never synced): never made again by us
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(state, 0o700)
     lock = os.open(os.path.join(state, "pid"), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

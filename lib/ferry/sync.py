@@ -114,7 +114,7 @@ class _Up:
 
         # In a large project a daemon may know what changed since the last sync (journal.py): no full scan then.
         self.answer: "journal.Answer | None" = None
-        self.journaled = False
+        self.journaled, self._full_scan = False, full_scan
         try:
             if self.first is None and not compare:
                 self.fs, self.answer, self.journaled = journal.scan(self.project, self.record, full_scan)
@@ -236,6 +236,8 @@ class _Up:
     def full(self, result: SyncResult) -> None:
         """Compare everything: read the instance's record, delete, send (tar or rsync), write the record."""
         occupied, current, sent_before = self._fetch()
+        if self.fs.touched is not None:  # made from our record, which another sync made stale: look at everything
+            self.fs, self.journaled = self._full_scan(), False
         first, self.first = self.first, None
         if first is not None and self._streamed(first, occupied, current, result):
             return
