@@ -297,3 +297,11 @@ def test_outside_git_the_journal_keeps_to_the_walk_and_its_rules(watched, projec
     assert not result.journal and "src/new.py" not in result.fileset.files
     assert sync(project).journal
     same_as_a_full_scan(project, sync(project))
+
+
+def test_sync_watch_drops_events_only_in_directories_git_ignores_as_directories(project):
+    (project / "logs").mkdir()
+    (project / "logs" / "a.log").write_text("every file here is ignored, the directory is not\n")
+    ignored = fileset.scan(project).ignored_dirs()
+    assert ".venv" in ignored, "a venv's churn never wakes `sync --watch`"
+    assert "logs" not in ignored, "a new logs/notes.md would be missed"

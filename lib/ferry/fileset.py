@@ -94,6 +94,7 @@ class FileSet:
     # From the change journal (journal.py): the only paths whose stat may differ from the last sync's set.
     touched: frozenset[str] | None = None  # None: a full scan, any path may differ
     _rules: list[str] | None = None
+    _git_dirs: list[str] | None = None
     _ignored_dirs: list[str] | None = None
 
     @property
@@ -121,8 +122,7 @@ class FileSet:
                 with ThreadPoolExecutor(max_workers=min(4, len(self.repos))) as pool:
                     for prefix, entries in zip(self.repos, pool.map(self._git_ignored, self.repos)):
                         ignored.extend(prefix + e for e in entries)
-            dirs = [p for p in ignored if p.endswith("/")] + [d + "/" for d in self.dropped_dirs]
-            self._ignored_dirs = [d.rstrip("/") for d in dirs]
+            self._git_dirs = [p for p in ignored if p.endswith("/")]
             rules = [".git", "/.ferry/"] if self.git else ["/.ferry/"]
             rules += ["/" + rsync_literal(p) for p in ignored if p not in self.files]
             rules += ["/" + rsync_literal(d) + "/" for d in self.dropped_dirs]
@@ -131,14 +131,34 @@ class FileSet:
         return self._rules
 
     def ignored_dirs(self) -> list[str]:
-        """Directories wholly outside the set (a venv, a data dir): changes there never need a sync."""
-        self.exclude_rules()
-        return list(self._ignored_dirs or [])
+        """Directories wholly outside the set for good (a venv, a data dir): changes there never need a sync.
+        Of those git lists, only the ones it ignores as directories: git also lists one all of whose files
+        happen to be ignored (``logs/`` holding only ``*.log``), where a new file may not be."""
+        if self._ignored_dirs is None:
+            self.exclude_rules()
+            kept: list[str] = []
+            for prefix in self.repos:
+                mine = [d[len(prefix):] for d in self._git_dirs or [] if d.startswith(prefix) and not any(
+                    r != prefix and r.startswith(prefix) and d.startswith(r) for r in self.repos)]
+                kept += [prefix + d for d in ignored_as_directories(self.root / prefix, mine)]
+            self._ignored_dirs = [d.rstrip("/") for d in kept] + list(self.dropped_dirs)
+        return list(self._ignored_dirs)
 
     def _git_ignored(self, prefix: str) -> list[str]:
         out = _git(self.root / prefix, "ls-files", "-z", "--others", "--ignored", "--exclude-standard",
                    "--directory", "--no-empty-directory")
         return [p for p in out.split("\0") if p]
+
+
+def ignored_as_directories(cwd: Path, dirs: list[str]) -> list[str]:
+    """Of ``dirs`` (relative to the repository at ``cwd``, each ending in "/"), those a rule ignores as a
+    directory (``venv/``, ``outputs``): not one whose files all happen to match (``*.log``)."""
+    if not dirs:
+        return []
+    proc = subprocess.run([require("git", "the project is a git repository"), "check-ignore", "-z", "--stdin"],
+                          cwd=cwd, input="".join(d + "\0" for d in dirs).encode("utf-8", "surrogateescape"),
+                          capture_output=True)
+    return [p for p in proc.stdout.decode("utf-8", "surrogateescape").split("\0") if p]
 
 
 def _collapse(dropped: Iterable[str], kept: AbstractSet[str]) -> list[str]:

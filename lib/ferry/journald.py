@@ -88,11 +88,9 @@ class Daemon:
             return skip
         out = subprocess.run(["git", "ls-files", "-z", "--others", "--ignored", "--exclude-standard", "--directory",
                               "--no-empty-directory"], cwd=self.root, capture_output=True, stdin=subprocess.DEVNULL)
-        dirs = b"".join(p + b"\0" for p in out.stdout.split(b"\0") if p.endswith(b"/"))
-        if out.returncode or not dirs:
-            return skip
-        check = subprocess.run(["git", "check-ignore", "-z", "--stdin"], cwd=self.root, input=dirs, capture_output=True)
-        skip.update(p.decode("utf-8", "surrogateescape").rstrip("/") for p in check.stdout.split(b"\0") if p)
+        if out.returncode == 0:
+            listed = [p for p in out.stdout.decode("utf-8", "surrogateescape").split("\0") if p.endswith("/")]
+            skip.update(p.rstrip("/") for p in fileset.ignored_as_directories(Path(self.root), listed))
         return skip
 
     def _skipped(self, path: str) -> bool:
