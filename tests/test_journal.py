@@ -155,6 +155,8 @@ def test_a_changed_rule_or_an_absent_daemon_means_a_full_scan_and_nothing_is_mis
 def test_the_daemon_leaves_when_its_directory_goes(watched, project):
     settled(project)
     pid = daemon_up(project)
+    shown = watched("doctor")
+    assert f"daemon pid {pid} watches {project}" in shown.stdout + shown.stderr, "`ferry doctor` names it"
     journal_dir = project / ".ferry" / "journal"
     for entry in journal_dir.iterdir():
         entry.unlink()

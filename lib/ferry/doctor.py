@@ -89,8 +89,28 @@ def run_checks(settings: Settings) -> list[dict]:
     checks.append(_check("ec2 credentials", _aws_credentials(), "boto3 credential chain",
                          "aws configure (or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)", required=False))
     checks.extend(_self_stop_paths())
+    checks.append(_journal_check(settings))
     checks.extend(_instance_checks(settings))
     return checks
+
+
+def _journal_check(settings: Settings) -> dict:
+    """The project's change-journal daemon (journal.py): whether one runs, and why not."""
+    from . import journal
+
+    project, least = settings.project_dir, settings.sync_journal_min_files
+    pid = journal.daemon_pid(project)
+    if pid is not None:
+        return _check("sync change journal", True, f"daemon pid {pid} watches {project} (leaves after "
+                      f"{journal.IDLE // 60} min without a sync; kill {pid} stops it)", required=False)
+    failed = project / journal.JOURNAL_DIR / journal.FAILED
+    if failed.exists():
+        return _check("sync change journal", False, "its daemon stopped: " + failed.read_text(errors="replace").strip(),
+                      "syncs scan every file meanwhile; it is tried again an hour later", required=False)
+    how = "off (sync.journal_min_files: 0)" if not least else \
+        f"no daemon (a sync of {least} files or more starts one)" if journal.supported(project) else \
+        "not here (it needs Linux, and the project at its git repository's top)"
+    return _check("sync change journal", True, how, required=False)
 
 
 def _self_stop_paths() -> list[dict]:
