@@ -7,7 +7,9 @@ and its floor as every bench row does (``house.side_by_side``):
 
 * initial sync into an empty workdir (in-process) against ``git ls-files -z |
   tar | ssh tar x``;
-* one changed file (in-process) against an rsync of that one file;
+* one changed file (in-process) against an rsync of that one file (from the
+  second sync on, the change journal's daemon a sync leaves behind at this
+  size answers what changed: a check line counts how often);
 * a no-op sync, in-process and as the whole command, against a raw recursive
   ``rsync -rlpt`` of the tree with the same excludes (``.git/``, ``/.ferry/``);
 * peak memory (max RSS, os.wait4) of ``ferry sync`` as a user runs it: the
@@ -15,7 +17,8 @@ and its floor as every bench row does (``house.side_by_side``):
   beside the floors' own peaks (the raw rsync; the tar pipeline's largest process).
 
 The instance is terminated (``ferry terminate`` in ``q/``, by pid if that
-fails) in a ``finally`` block; the caller removes the HOME.
+fails) and the journal daemon stopped by its pid in a ``finally`` block; the
+caller removes the HOME.
 """
 
 from __future__ import annotations
