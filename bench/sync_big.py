@@ -148,7 +148,7 @@ def big_rows(*, home: Path, env: dict, ferry: str, repeat: int, n_files: int, ro
 
             ms = in_process(call)
             sent.add(result.files)
-            journaled.append(result.journal)
+            journaled.append(getattr(result, "journal", False))  # (an older ferry has none)
             return ms
 
         def floor_one() -> float:
@@ -179,7 +179,7 @@ def big_rows(*, home: Path, env: dict, ferry: str, repeat: int, n_files: int, ro
                 result = box.sync(progress=False)
 
             ms = in_process(call)
-            hows.add(f"{result.how}:{result.files}{':journal' if result.journal else ''}")
+            hows.add(f"{result.how}:{result.files}{':journal' if getattr(result, 'journal', False) else ''}")
             return ms
 
         a, b = side_by_side(repeat, ferry_noop, lambda: timed(raw, timeout=300)[0])
