@@ -6,22 +6,26 @@ The next sync asks it which paths changed since the sync before, and builds
 the file set from the local record of that sync (which holds the whole set
 with stats) and those paths alone: each is stat'ed, tested against the
 rules and, if new to the set, put to git (one ``ls-files`` limited to those
-paths). The daemon's answer is the only thing trusted, and only when:
+paths; after a change to git's index, git's whole set is listed instead,
+still far cheaper than stat'ing every file). When the daemon saw nothing
+change, not even the record is read. The answer is trusted only when:
 
-* the record is the one this journal state was saved with (same token),
-  and the rules (``.ferryignore``, ferry's defaults) are the same;
+* the record is the one this journal state was saved with (same token and
+  file), and the rules are the same: ``.ferryignore``, ferry's defaults,
+  and git's own config and excludes file outside the project;
 * the daemon that answers is the one that answered then, still holding
   every change since (it says "look at everything" after anything it may
   have missed: an overflow, a moved directory, a changed ``.gitignore``);
-* at most ``LIST_LIMIT`` paths changed, in a single repository (no
-  submodule, no new nested one).
+* at most ``LIST_LIMIT`` paths changed, none of them a hard-linked file
+  (a write through its other name was not heard), in a single repository
+  (no submodule, no new nested one).
 
 Anything else, and the sync scans the whole tree as it always did. What
 inotify cannot see is missed until ``sync --full``: a write through a hard
 link from outside the tree or through a shared mmap, or a change another
-machine makes on a network file system. State
-lives beside the record: ``.ferry/sync/<key>.journal`` (marshal; any damage
-just means a full scan). Linux only (inotify); elsewhere syncs always scan.
+machine makes on a network file system (the daemon refuses to run on one).
+State lives beside the record: ``.ferry/sync/<key>.journal`` (marshal; any
+damage just means a full scan). Linux only (inotify); elsewhere syncs scan.
 """
 
 from __future__ import annotations
@@ -98,7 +102,8 @@ def start(root: Path) -> None:
     except OSError:
         pass
     log_path = state / "log"
-    with open(log_path, "ab" if not log_path.exists() or log_path.stat().st_size < 1 << 18 else "wb") as log:  # sh puts it in the background and exits: no child left to reap
+    small = not log_path.exists() or log_path.stat().st_size < 1 << 18
+    with open(log_path, "ab" if small else "wb") as log:  # sh puts it in the background and exits: nothing to reap
         subprocess.run(["/bin/sh", "-c", 'exec "$0" "$@" &', sys.executable, "-m", "ferry.journald", os.fspath(root),
                         str(IDLE)], cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
                        start_new_session=True, check=False)
@@ -133,9 +138,9 @@ def ask(root: Path, ident: str = "none", since: int | None = None) -> Answer | N
         os.rename(waiting, asked)  # the question: an event ordered after every change made before it
         waiting = asked
         chunks: list[bytes] = []
-        end = os.times().elapsed + ASK_TIMEOUT
+        end = time.monotonic() + ASK_TIMEOUT
         while True:
-            left = end - os.times().elapsed
+            left = end - time.monotonic()
             if left <= 0 or not select.select([fd], [], [], left)[0]:
                 return None
             chunk = os.read(fd, 1 << 16)

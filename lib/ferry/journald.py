@@ -102,7 +102,8 @@ class Daemon:
                                          WATCHED)
         if wd < 0:
             err = ctypes.get_errno()
-            if err in (2, 13, 20):  # ENOENT, ENOTDIR: gone already (its parent said so); EACCES: git cannot list it either
+            # ENOENT, ENOTDIR: gone already (its parent said so); EACCES: git cannot list it either
+            if err in (2, 13, 20):
                 return False
             raise OSError(err, f"inotify_add_watch {rel or '.'}: {os.strerror(err)}")
         self.paths[wd] = rel
